@@ -1,0 +1,35 @@
+"""Exceptions raised by the sending engine.
+
+The tree::
+
+    MailerError                  anything the sending engine refuses or cannot do
+    └── TransportError           a message could not be handed to the SMTP relay
+        ├── TemporaryFailure     4xx reply, timeout or lost connection: retry later
+        └── PermanentFailure     5xx reply: do not retry this recipient
+
+Transports report per-recipient outcomes as values (``SendResult``), not exceptions, so a
+batch never fails as a whole; the exceptions are for callers that send one message and want
+to stop on failure (test sends, confirmation mail).
+"""
+
+from __future__ import annotations
+
+
+class MailerError(Exception):
+    """Base of every error the sending engine raises on purpose."""
+
+
+class TransportError(MailerError):
+    """A message could not be handed to the relay."""
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class TemporaryFailure(TransportError):
+    """Worth retrying later: 4xx, timeout, refused or dropped connection."""
+
+
+class PermanentFailure(TransportError):
+    """Not worth retrying: the relay answered 5xx for this recipient."""

@@ -1,0 +1,90 @@
+"""The sending engine's tables: issues of a magazine and their per-recipient deliveries.
+
+No personal data is stored here. A delivery names its recipient by ``subscriber_id`` only
+(an internal key that never leaves the database: messages carry an opaque per-delivery
+token instead); the address and merge fields arrive through the ``Audience`` protocol at
+send time, already cut down to what the issue needs. The foreign keys name the opt-in
+store's tables by name only, so this package still imports nothing from ``subscriptions``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from mailer.clock import utcnow
+from mailer.columns import EnumText, UTCDateTime
+
+
+class IssueStatus(StrEnum):
+    draft = "draft"
+    scheduled = "scheduled"
+    sending = "sending"
+    paused = "paused"
+    sent = "sent"
+    cancelled = "cancelled"
+
+
+class IssueBase(SQLModel):
+    subject: str = Field(max_length=300)
+    preheader: str = Field(default="", max_length=300)
+    html_body: str = Field(sa_type=Text)
+    text_body: str | None = Field(default=None, sa_type=Text)
+    locale: str = Field(default="en", max_length=8)
+
+
+class Issue(IssueBase, table=True):
+    __tablename__ = "issue"
+
+    id: int | None = Field(default=None, primary_key=True)
+    magazine_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("magazine.id", ondelete="RESTRICT"), nullable=False)
+    )
+    status: IssueStatus = Field(default=IssueStatus.draft, sa_type=EnumText(IssueStatus))
+    scheduled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    route: str | None = Field(default=None, max_length=64, description="Processor route key.")
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class DeliveryStatus(StrEnum):
+    queued = "queued"
+    sending = "sending"  # claimed by a worker under a lease
+    sent = "sent"
+    deferred = "deferred"  # 4xx or connection failure: retried with backoff
+    failed = "failed"  # 5xx
+    skipped = "skipped"  # unsubscribed or suppressed before the message left
+
+
+class Delivery(SQLModel, table=True):
+    """One (issue, recipient) pair: the queue entry and its outcome, unique per pair."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        UniqueConstraint("issue_id", "subscriber_id"),
+        Index("ix_delivery_claim", "status", "next_attempt_at"),
+        Index("ix_delivery_issue_status", "issue_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("issue.id", ondelete="CASCADE"), nullable=False)
+    )
+    subscriber_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL")),
+    )
+    status: DeliveryStatus = Field(default=DeliveryStatus.queued, sa_type=EnumText(DeliveryStatus))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    lease_owner: str | None = Field(default=None, max_length=64)
+    lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    fence: int = Field(default=0, description="Bumped on every claim; a stale worker's write loses.")
+    last_code: int | None = None
+    last_reply: str | None = Field(default=None, max_length=500)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

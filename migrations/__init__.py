@@ -1,0 +1,1 @@
+"""Alembic environment and versions for mailmag's schema (``mailmag migrate`` runs them)."""

@@ -1,0 +1,142 @@
+"""The ``mailmag`` command.
+
+Every command reads the settings (``MAILMAG_*``, see the README) and fails on bad
+configuration with one line naming the setting, exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from typing import Annotated, NoReturn
+
+import typer
+import uvicorn
+from pydantic import ValidationError
+from rich.console import Console
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from subscriptions import schema
+from subscriptions.app import create_app
+from subscriptions.db import check_connection, make_engine
+from subscriptions.errors import ConfigurationError, MailmagError, StoreError
+from subscriptions.models import StaffRole, StaffUserCreate
+from subscriptions.settings import Settings, load_settings
+from subscriptions.staff import create_staff_user
+
+app = typer.Typer(
+    name="mailmag",
+    help="mailmag: e-mail magazines with provable consent.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+admin_app = typer.Typer(help="Staff accounts.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"mailmag: {message}", highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
+def _connect(settings: Settings) -> Engine:
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        check_connection(engine)
+    except StoreError as exc:
+        raise ConfigurationError(f"MAILMAG_DATABASE_URL: cannot connect: {exc}") from None
+    return engine
+
+
+def _require_schema(engine: Engine) -> None:
+    state = schema.revision_state(engine)
+    if not state.at_head:
+        raise StoreError(
+            f"the database schema is at {state.current or 'nothing'}, not {state.head}: "
+            "run `mailmag migrate` first"
+        )
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema to the latest version (safe to repeat)."""
+    settings = load_settings()
+    engine = _connect(settings)
+    schema.upgrade(engine)
+    out.print(f"schema at {schema.revision_state(engine).current} on {engine.url.render_as_string()}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address (MAILMAG_HTTP_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (MAILMAG_HTTP_PORT).")] = None,
+) -> None:
+    """Run the web app and, with no SMTP relay set, a local capture server for outgoing mail.
+
+    This is the embedded default: one process, a SQLite file, nothing else to install.
+    """
+    settings = load_settings()
+    settings.resolved_secret()
+    engine = _connect(settings)
+    _require_schema(engine)
+    web = create_app(settings, engine=engine)
+    runtime = web.state.runtime
+    try:
+        runtime.start_services()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"MAILMAG_CAPTURE_SMTP_PORT: cannot listen on 127.0.0.1:"
+            f"{settings.capture_smtp_port}: {exc.strerror or exc}"
+        ) from None
+    listen_host = host or settings.http_host
+    listen_port = port or settings.http_port
+    out.print(f"mailmag serving on http://{listen_host}:{listen_port}  (database {engine.url})")
+    if runtime.capture is not None:
+        out.print(
+            f"no SMTP relay set: capturing mail on 127.0.0.1:{runtime.capture.port}, "
+            f"see http://{listen_host}:{listen_port}/_mail"
+        )
+    uvicorn.run(web, host=listen_host, port=listen_port, log_level="warning")
+
+
+@admin_app.command("create")
+def admin_create(
+    email: Annotated[str, typer.Option(prompt=True, help="The staff member's login address.")],
+    role: Annotated[StaffRole, typer.Option(help="What the account may do.")] = StaffRole.admin,
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+) -> None:
+    """Create a staff account (asks for the password twice unless --password-stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat password: ") != password:
+            _fail("the passwords differ")
+    try:
+        data = StaffUserCreate(email=email, role=role, display_name=name, password=password)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        _fail(f"{first['loc'][0]}: {first['msg']}")
+    settings = load_settings()
+    engine = _connect(settings)
+    _require_schema(engine)
+    with Session(engine) as session:
+        user = create_staff_user(session=session, data=data)
+        session.commit()
+        out.print(f"created {user.role.value} account {user.email}")
+
+
+def main() -> None:
+    try:
+        app()
+    except MailmagError as exc:
+        err.print(f"mailmag: {exc}", highlight=False, markup=False)
+        sys.exit(2)

@@ -1,0 +1,78 @@
+"""The database engine: one per process, tuned for each supported backend.
+
+SQLite (the embedded default) is opened in WAL mode with ``synchronous=FULL`` so that a
+commit, once acknowledged, survives a power cut (the consent ledger depends on it), with
+foreign keys enforced and a generous busy timeout. Every SQLite transaction starts with
+``BEGIN IMMEDIATE``: a transaction that reads and later writes would otherwise fail with
+"database is locked" when another writer got in between, instead of waiting its turn.
+
+PostgreSQL is driven by psycopg 3 with a connection pool sized for a web process plus a
+worker in the same process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from subscriptions.errors import StoreError
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling would defer BEGIN; we issue it ourselves below.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: URL | str, **kwargs: Any) -> Engine:
+    """Create the engine for ``url`` with the backend's durability settings applied."""
+    engine = create_engine(url, **(_default_options(url) | kwargs))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _default_options(url: URL | str) -> dict[str, Any]:
+    if str(url).startswith("sqlite"):
+        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    return {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
+
+
+def check_connection(engine: Engine) -> None:
+    """Raise ``StoreError`` with a readable reason if the database cannot be reached."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        reason = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+        raise StoreError(reason.strip().splitlines()[0]) from None
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """A session that commits on success and rolls back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise

@@ -1,0 +1,236 @@
+"""The opt-in store's tables: subscribers, magazines, subscriptions, notices, consent, suppression.
+
+Each entity follows the SQLModel family: ``XBase`` (shared fields), ``XCreate`` (what a caller
+may supply), ``XPublic`` (what an API may show) and the table model. Statuses are ``Enum``s
+stored by value; each status is changed in exactly one module (subscriptions in
+``subscriptions.subscribing`` and friends, as the capabilities arrive), never ad hoc.
+
+Personal data lives only here, in ``subscriber`` (the address and profile fields) and in the
+IP and user agent of ``consent_event``. Everything else refers to a person by id, or, after
+erasure, by a keyed hash of the address.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from mailer.clock import utcnow
+from mailer.columns import EnumText, UTCDateTime
+
+# --- Subscriber -------------------------------------------------------------------------------
+
+
+class SubscriberBase(SQLModel):
+    email: str = Field(max_length=320, description="Normalised address (domain lower-cased).")
+    name: str | None = Field(default=None, max_length=200)
+    company: str | None = Field(default=None, max_length=200)
+    department: str | None = Field(default=None, max_length=200)
+    title: str | None = Field(default=None, max_length=200)
+    phone: str | None = Field(default=None, max_length=40)
+    locale: str = Field(default="en", max_length=8)
+
+
+class Subscriber(SubscriberBase, table=True):
+    __tablename__ = "subscriber"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class SubscriberPublic(SubscriberBase):
+    id: int
+
+
+# --- Magazine ---------------------------------------------------------------------------------
+
+
+class MagazineBase(SQLModel):
+    slug: str = Field(max_length=64, regex=r"^[a-z0-9][a-z0-9-]*$")
+    title: str = Field(max_length=200)
+    description: str = Field(default="", max_length=2000)
+    purpose: str = Field(
+        default="newsletter", max_length=64, description="Key of the purpose of use it serves."
+    )
+    active: bool = True
+
+
+class Magazine(MagazineBase, table=True):
+    __tablename__ = "magazine"
+
+    id: int | None = Field(default=None, primary_key=True)
+    slug: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class MagazineCreate(MagazineBase):
+    pass
+
+
+class MagazinePublic(MagazineBase):
+    id: int
+
+
+# --- Subscription -----------------------------------------------------------------------------
+
+
+class SubscriptionStatus(StrEnum):
+    pending = "pending"  # asked, double opt-in not yet confirmed
+    confirmed = "confirmed"
+    unsubscribed = "unsubscribed"
+    suppressed = "suppressed"  # bounced or complained: not to be mailed without a new opt-in
+
+
+class Subscription(SQLModel, table=True):
+    __tablename__ = "subscription"
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "magazine_id"),
+        Index("ix_subscription_magazine_status", "magazine_id", "status"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="CASCADE"), nullable=False)
+    )
+    magazine_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("magazine.id", ondelete="RESTRICT"), nullable=False)
+    )
+    status: SubscriptionStatus = Field(sa_type=EnumText(SubscriptionStatus))
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    confirmed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    ended_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# --- Notice versions --------------------------------------------------------------------------
+
+
+class NoticeVersion(SQLModel, table=True):
+    """The exact notice text shown at collection. Immutable: a new text is a new row."""
+
+    __tablename__ = "notice_version"
+
+    id: int | None = Field(default=None, primary_key=True)
+    content_hash: str = Field(max_length=64, unique=True, description="SHA-256 of body, hex.")
+    locale: str = Field(max_length=8)
+    body: str = Field(sa_type=Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- Consent ledger ---------------------------------------------------------------------------
+
+
+class ConsentPurpose(StrEnum):
+    magazine = "magazine"  # receive one magazine (scope: its slug)
+    joint_use = "joint_use"  # joint use with the group companies in the notice
+    foreign_transfer = "foreign_transfer"  # transfer to joint users abroad (scope: country)
+
+
+class ConsentAction(StrEnum):
+    granted = "granted"  # the person asked (double opt-in pending)
+    confirmed = "confirmed"  # the person confirmed through the mailed link
+    withdrawn = "withdrawn"
+
+
+class ConsentChannel(StrEnum):
+    web_form = "web_form"
+    api = "api"
+    import_ = "import"
+    staff = "staff"  # entered by staff after a phone call or letter
+    link = "link"  # a signed link from a mail
+    one_click = "one_click"  # RFC 8058 List-Unsubscribe-Post
+    mailto = "mailto"  # a mail to the List-Unsubscribe address
+    complaint = "complaint"
+    erasure = "erasure"
+
+
+class ConsentEvent(SQLModel, table=True):
+    """One row of the append-only, hash-chained consent ledger.
+
+    ``row_hash`` covers the row's content and ``prev_hash``; the personal fields (IP, user
+    agent) enter it through ``personal_digest`` so that erasure can blank them and the chain
+    still verifies.
+    """
+
+    __tablename__ = "consent_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL"), index=True),
+    )
+    subject_digest: str = Field(max_length=64, index=True, description="Keyed hash of address.")
+    purpose: ConsentPurpose = Field(sa_type=EnumText(ConsentPurpose))
+    scope: str = Field(default="", max_length=64)
+    action: ConsentAction = Field(sa_type=EnumText(ConsentAction))
+    channel: ConsentChannel = Field(sa_type=EnumText(ConsentChannel))
+    notice_hash: str | None = Field(default=None, max_length=64)
+    occurred_at: datetime = Field(sa_type=UTCDateTime)
+    ip: str | None = Field(default=None, max_length=45)
+    user_agent: str | None = Field(default=None, max_length=512)
+    personal_digest: str = Field(max_length=64)
+    personal_erased: bool = False
+    prev_hash: str = Field(max_length=64)
+    row_hash: str = Field(max_length=64, unique=True)
+
+
+# --- Suppression ------------------------------------------------------------------------------
+
+
+class SuppressionReason(StrEnum):
+    hard_bounce = "hard_bounce"
+    soft_bounce = "soft_bounce"  # score passed the threshold
+    complaint = "complaint"
+    manual = "manual"  # staff, after a phone call or letter
+    erasure = "erasure"
+
+
+class Suppression(SQLModel, table=True):
+    """An address never to be mailed again without a fresh opt-in, kept as a keyed hash."""
+
+    __tablename__ = "suppression"
+
+    id: int | None = Field(default=None, primary_key=True)
+    address_digest: str = Field(max_length=64, unique=True)
+    reason: SuppressionReason = Field(sa_type=EnumText(SuppressionReason))
+    note: str = Field(default="", max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- Staff ------------------------------------------------------------------------------------
+
+
+class StaffRole(StrEnum):
+    admin = "admin"  # accounts, settings, registries
+    marketer = "marketer"  # magazines, issues, schedules, aggregate statistics
+    privacy_officer = "privacy_officer"  # registries, notices, consent evidence, requests
+    viewer = "viewer"  # read-only aggregates
+
+
+class StaffUserBase(SQLModel):
+    email: str = Field(max_length=320)
+    display_name: str = Field(default="", max_length=200)
+    role: StaffRole = Field(sa_type=EnumText(StaffRole))
+
+
+class StaffUser(StaffUserBase, table=True):
+    __tablename__ = "staff_user"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)
+    password_hash: str = Field(max_length=200)
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class StaffUserCreate(StaffUserBase):
+    password: str = Field(min_length=12, max_length=1024)
+
+
+class StaffUserPublic(StaffUserBase):
+    id: int
+    active: bool

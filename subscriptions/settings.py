@@ -1,0 +1,185 @@
+"""Settings: the only module that reads the environment.
+
+Every setting has the prefix ``MAILMAG_`` (``MAILMAG_DATABASE_URL``, ``MAILMAG_SMTP_HOST``...)
+and may also come from a ``.env`` file in the working directory. Components never read the
+environment themselves: they take the frozen config objects built here (``SMTPRelay``,
+``Identity``), so tests construct them directly.
+
+Embedded default: with nothing set, mailmag keeps a SQLite file ``mailmag.db`` in the working
+directory, generates a secret key once into ``mailmag.secret`` beside it (mode 0600), and,
+with no SMTP relay configured, captures outgoing mail locally instead of sending it.
+
+Outside development mode (``MAILMAG_ENVIRONMENT=production``) a missing or placeholder secret
+key is refused, and so is a capture server standing in for a relay.
+"""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from mailer.transport import SMTPRelay, TLSMode
+from subscriptions.errors import ConfigurationError
+
+PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "changeme", "secret", "dev"})
+MIN_SECRET_LENGTH = 32
+SECRET_FILE_NAME = "mailmag.secret"
+
+
+class Environment(StrEnum):
+    development = "development"
+    production = "production"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can configure. Field docs are the reference in the README."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILMAG_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    environment: Environment = Environment.development
+    data_dir: Path = Field(
+        default=Path("."),
+        description="Where the embedded SQLite file, the generated secret and captured mail live.",
+    )
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL; empty means sqlite:///<data_dir>/mailmag.db. "
+        "postgresql://user@host/db is driven with psycopg 3.",
+    )
+    base_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://127.0.0.1:8000"),
+        description="Public URL of the web app, used in every link mailmag sends.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs tokens and keys address hashes. Never change it once mail has gone "
+        "out: old unsubscribe links and the suppression list depend on it.",
+    )
+    http_host: str = "127.0.0.1"
+    http_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+
+    smtp_host: str | None = Field(default=None, description="Relay host; unset = capture mail.")
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587
+    smtp_tls: TLSMode = TLSMode.starttls
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_timeout: Annotated[float, Field(gt=0)] = 30.0
+    capture_smtp_port: Annotated[int, Field(ge=0, le=65535)] = Field(
+        default=1025, description="Port of the local capture server (0: pick a free one)."
+    )
+
+    sender_name: str = "mailmag"
+    sender_address: str = "newsletter@localhost"
+
+    @field_validator("database_url")
+    @classmethod
+    def _parse_database_url(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL ({exc})") from None
+        if url.get_backend_name() not in {"sqlite", "postgresql"}:
+            raise ValueError("only sqlite:// and postgresql:// URLs are supported")
+        return value
+
+    @field_validator("sender_name", "sender_address", "smtp_host")
+    @classmethod
+    def _single_line(cls, value: str | None) -> str | None:
+        if value is not None and any(ord(ch) < 32 or ch == "\x7f" for ch in value):
+            raise ValueError("must be a single line without control characters")
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_real_parts(self) -> Self:
+        if self.environment is Environment.production:
+            secret = self.secret_key.get_secret_value() if self.secret_key else ""
+            if secret.lower() in PLACEHOLDER_SECRETS or len(secret) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"secret_key: production needs a random secret of at least "
+                    f"{MIN_SECRET_LENGTH} characters, not a placeholder "
+                    f"(try: python -c 'import secrets; print(secrets.token_urlsafe(48))')"
+                )
+            if not self.smtp_host:
+                raise ValueError("smtp_host: production needs an SMTP relay")
+        return self
+
+    # Derived values -----------------------------------------------------------------------
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        """The database URL with the driver mailmag uses (psycopg 3 for PostgreSQL)."""
+        raw = self.database_url or f"sqlite:///{(self.data_dir / 'mailmag.db').as_posix()}"
+        url = make_url(raw)
+        if url.get_backend_name() == "postgresql":
+            url = url.set(drivername="postgresql+psycopg")
+        return url
+
+    @property
+    def captures_mail(self) -> bool:
+        """True when no relay is set: outgoing mail goes to the local capture server."""
+        return self.smtp_host is None
+
+    def smtp_relay(self, *, capture_port: int | None = None) -> SMTPRelay:
+        """The relay outgoing mail goes through (the capture server when none is set)."""
+        if self.smtp_host is None:
+            return SMTPRelay(host="127.0.0.1", port=capture_port or self.capture_smtp_port,
+                             tls=TLSMode.none, timeout=self.smtp_timeout)
+        return SMTPRelay(
+            host=self.smtp_host,
+            port=self.smtp_port,
+            tls=self.smtp_tls,
+            username=self.smtp_username,
+            password=self.smtp_password.get_secret_value() if self.smtp_password else None,
+            timeout=self.smtp_timeout,
+        )
+
+    def resolved_secret(self) -> bytes:
+        """The secret key; in development one is generated once and kept in data_dir."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        path = self.data_dir / SECRET_FILE_NAME
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            # O_EXCL: two processes starting at once must agree on one key.
+            try:
+                with path.open("x", encoding="ascii") as fh:
+                    path.chmod(0o600)
+                    fh.write(secrets.token_urlsafe(48))
+            except FileExistsError:
+                pass
+        key = path.read_text(encoding="ascii").strip()
+        if len(key) < MIN_SECRET_LENGTH:
+            raise ConfigurationError(f"MAILMAG_SECRET_KEY: the key in {path} is too short")
+        return key.encode()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning a validation error into one line naming the setting."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(part) for part in first["loc"])
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not loc and ":" in message:
+            loc, message = (part.strip() for part in message.split(":", 1))
+        name = f"MAILMAG_{loc.upper()}" if loc else "settings"
+        raise ConfigurationError(f"{name}: {message}") from None
