@@ -35,7 +35,7 @@ class _MaildirHandler:
     def __init__(self, maildir: mailbox.Maildir) -> None:
         self.maildir = maildir
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd hook name)
         prefix = (
             f"X-Envelope-From: {envelope.mail_from}\r\n"
             f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
@@ -61,7 +61,9 @@ class CaptureServer:
         self.maildir = mailbox.Maildir(directory, create=True)
         self.port = port or free_port()
         self._controller = Controller(
-            _MaildirHandler(self.maildir), hostname=LOOPBACK, port=self.port,
+            _MaildirHandler(self.maildir),
+            hostname=LOOPBACK,
+            port=self.port,
             data_size_limit=25 * 1024 * 1024,
         )
 
@@ -77,7 +79,7 @@ def read_captured(directory: Path, *, limit: int = 200) -> list[CapturedMessage]
     if not directory.exists():
         return []
     box = mailbox.Maildir(directory, create=False)
-    found = [item for key in box.keys() if (item := _parse(box, key)) is not None]
+    found = [item for key in box.iterkeys() if (item := _parse(box, key)) is not None]
     found.sort(key=lambda item: item.received_at, reverse=True)
     return found[:limit]
 

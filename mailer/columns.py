@@ -62,4 +62,3 @@ class EnumText(TypeDecorator[Enum]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Enum | None:
         return None if value is None else self.enum_class(value)
-

@@ -84,7 +84,7 @@ class Delivery(SQLModel, table=True):
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     lease_owner: str | None = Field(default=None, max_length=64)
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    fence: int = Field(default=0, description="Bumped on every claim; a stale worker's write loses.")
+    fence: int = Field(default=0, description="Bumped on each claim; a stale worker's write loses.")
     last_code: int | None = None
     last_reply: str | None = Field(default=None, max_length=500)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -7,22 +7,23 @@ settings. mailmag's own column types are rendered as the plain SQL types they st
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from alembic import context
-from sqlalchemy.engine import Connection
+from alembic.autogenerate.api import AutogenContext
+from sqlalchemy.engine import URL, Connection
 
 from subscriptions.schema import target_metadata
 
 config = context.config
 
 
-def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     from mailer.columns import EnumText, UTCDateTime
 
     if type_ == "type" and isinstance(obj, EnumText):
-        return f"sa.String(length={obj.impl.length})"  # type: ignore[attr-defined]
+        return f"sa.String(length={getattr(obj.impl, 'length', None)})"
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime()"
     if type_ == "type" and obj.__class__.__module__.startswith("sqlmodel"):
@@ -47,7 +48,7 @@ def run_migrations() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    url = context.get_x_argument(as_dictionary=True).get("url")
+    url: str | URL | None = context.get_x_argument(as_dictionary=True).get("url")
     if url is None:
         from subscriptions.settings import load_settings
 

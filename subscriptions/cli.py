@@ -68,7 +68,8 @@ def migrate() -> None:
     settings = load_settings()
     engine = _connect(settings)
     schema.upgrade(engine)
-    out.print(f"schema at {schema.revision_state(engine).current} on {engine.url.render_as_string()}")
+    state = schema.revision_state(engine)
+    out.print(f"schema at {state.current} on {engine.url.render_as_string()}")
 
 
 @app.command()

@@ -43,7 +43,8 @@ def _sqlite_begin(conn: Any) -> None:
 
 def make_engine(url: URL | str, **kwargs: Any) -> Engine:
     """Create the engine for ``url`` with the backend's durability settings applied."""
-    engine = create_engine(url, **(_default_options(url) | kwargs))
+    options = {} if "poolclass" in kwargs else _default_options(url)
+    engine = create_engine(url, **(options | kwargs))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
@@ -62,7 +63,8 @@ def check_connection(engine: Engine) -> None:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
     except SQLAlchemyError as exc:
-        reason = str(exc.orig) if getattr(exc, "orig", None) else str(exc)
+        orig = getattr(exc, "orig", None)
+        reason = str(orig) if orig is not None else str(exc)
         raise StoreError(reason.strip().splitlines()[0]) from None
 
 

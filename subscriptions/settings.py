@@ -37,7 +37,7 @@ from subscriptions.errors import ConfigurationError
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "changeme", "secret", "dev"})
 MIN_SECRET_LENGTH = 32
-SECRET_FILE_NAME = "mailmag.secret"
+SECRET_FILE_NAME = "mailmag.secret"  # noqa: S105 (a file name)
 
 
 class Environment(StrEnum):
@@ -140,8 +140,12 @@ class Settings(BaseSettings):
     def smtp_relay(self, *, capture_port: int | None = None) -> SMTPRelay:
         """The relay outgoing mail goes through (the capture server when none is set)."""
         if self.smtp_host is None:
-            return SMTPRelay(host="127.0.0.1", port=capture_port or self.capture_smtp_port,
-                             tls=TLSMode.none, timeout=self.smtp_timeout)
+            return SMTPRelay(
+                host="127.0.0.1",
+                port=capture_port or self.capture_smtp_port,
+                tls=TLSMode.none,
+                timeout=self.smtp_timeout,
+            )
         return SMTPRelay(
             host=self.smtp_host,
             port=self.smtp_port,

@@ -25,9 +25,7 @@ def _part(message: EmailMessage, subtype: str) -> str:
 @router.get("", response_class=HTMLResponse)
 def list_captured(request: Request, runtime: RuntimeDep) -> Response:
     messages = read_captured(runtime.captured_mail_dir)
-    return runtime.templates.TemplateResponse(
-        request, "captured/list.html", {"messages": messages}
-    )
+    return runtime.templates.TemplateResponse(request, "captured/list.html", {"messages": messages})
 
 
 @router.get("/{key}", response_class=HTMLResponse)

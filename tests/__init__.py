@@ -1,0 +1,1 @@
+"""mailmag's test suite; layout mirrors the packages (tests/mailer, tests/subscriptions)."""

@@ -1,0 +1,1 @@
+"""Tests of the opt-in store and the application around it."""

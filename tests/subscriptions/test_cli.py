@@ -1,0 +1,144 @@
+"""The ``mailmag`` command as an operator runs it: in a real process, from a shell."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mailer.capture import free_port
+
+MAILMAG = str(Path(sys.executable).parent / "mailmag")
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILMAG_")}
+    return subprocess.run(
+        [MAILMAG, *args],
+        cwd=cwd,
+        env=clean | (env or {}),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    result = run(["--help"], tmp_path)
+    assert result.returncode == 0
+    for command in ("serve", "migrate", "admin"):
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"MAILMAG_DATABASE_URL": "postgresql://x@127.0.0.1:1/none"}, "MAILMAG_DATABASE_URL"),
+        ({"MAILMAG_DATABASE_URL": "::not a url::"}, "MAILMAG_DATABASE_URL"),
+        (
+            {
+                "MAILMAG_ENVIRONMENT": "production",
+                "MAILMAG_SECRET_KEY": "changethis",
+                "MAILMAG_SMTP_HOST": "relay.example",
+            },
+            "MAILMAG_SECRET_KEY",
+        ),
+    ],
+)
+def test_bad_configuration_stops_with_one_line(
+    tmp_path: Path, env: dict[str, str], setting: str
+) -> None:
+    result = run(["migrate"], tmp_path, env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"mailmag: {setting}: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    result = run(["serve"], tmp_path)
+    assert result.returncode == 2
+    assert "mailmag migrate" in result.stderr
+
+
+def test_admin_create_makes_an_account_once(tmp_path: Path) -> None:
+    assert run(["migrate"], tmp_path).returncode == 0
+    args = ["admin", "create", "--email", "Boss@Example.com", "--password-stdin"]
+    created = run(args, tmp_path, stdin="correct horse battery staple\n")
+    assert created.returncode == 0, created.stderr
+    assert "boss@example.com" in created.stdout
+    again = run(args, tmp_path, stdin="correct horse battery staple\n")
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    weak = run(
+        ["admin", "create", "--email", "x@example.com", "--password-stdin"],
+        tmp_path,
+        stdin="short\n",
+    )
+    assert weak.returncode == 2
+    assert "password" in weak.stderr
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """``mailmag migrate`` then ``mailmag serve`` on the embedded defaults, free ports."""
+    http_port, smtp_port = free_port(), free_port()
+    env = {"MAILMAG_HTTP_PORT": str(http_port), "MAILMAG_CAPTURE_SMTP_PORT": str(smtp_port)}
+    assert run(["migrate"], tmp_path, env).returncode == 0
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILMAG_")}
+    process = subprocess.Popen(
+        [MAILMAG, "serve"],
+        cwd=tmp_path,
+        env=clean | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = process.stdout.read() if process.stdout else ""
+                pytest.fail(f"mailmag serve did not become ready: {output}")
+            time.sleep(0.1)
+        yield base, smtp_port
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_serve_runs_on_embedded_defaults_and_shows_captured_mail(
+    served: tuple[str, int], tmp_path: Path
+) -> None:
+    base, smtp_port = served
+    assert (tmp_path / "mailmag.db").exists()
+    assert (tmp_path / "mailmag.secret").exists()
+    with smtplib.SMTP("127.0.0.1", smtp_port) as smtp:
+        smtp.sendmail(
+            "news@example.com",
+            ["reader@example.org"],
+            "Subject: =?utf-8?b?5pel5pys6Kqe44Gu5Lu25ZCN?=\r\n"
+            "Content-Type: text/plain\r\n\r\nhi\r\n",
+        )
+    listing = httpx.get(f"{base}/_mail", timeout=5)
+    assert listing.status_code == 200
+    assert "日本語の件名" in listing.text
+    assert "reader@example.org" in listing.text

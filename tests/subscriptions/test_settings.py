@@ -1,0 +1,74 @@
+"""Settings: safe defaults, and bad configuration refused with a line naming the setting."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from subscriptions.errors import ConfigurationError
+from subscriptions.settings import load_settings
+
+STRONG = "s" * 48
+
+
+def test_embedded_default_is_a_sqlite_file_in_the_data_dir(tmp_path: Path) -> None:
+    settings = load_settings(_env_file=None, data_dir=tmp_path)
+    assert settings.sqlalchemy_url.get_backend_name() == "sqlite"
+    assert settings.sqlalchemy_url.database == f"{tmp_path}/mailmag.db"
+    assert settings.captures_mail
+
+
+def test_postgresql_urls_use_psycopg3(tmp_path: Path) -> None:
+    settings = load_settings(_env_file=None, database_url="postgresql://u@db.example/mm")
+    assert settings.sqlalchemy_url.drivername == "postgresql+psycopg"
+
+
+def test_development_secret_is_generated_once_and_kept_private(tmp_path: Path) -> None:
+    first = load_settings(_env_file=None, data_dir=tmp_path).resolved_secret()
+    second = load_settings(_env_file=None, data_dir=tmp_path).resolved_secret()
+    assert first == second
+    assert len(first) >= 32
+    mode = stat.S_IMODE((tmp_path / "mailmag.secret").stat().st_mode)
+    assert mode == 0o600
+
+
+@pytest.mark.parametrize("placeholder", ["changethis", "secret", "short-but-real"])
+def test_production_refuses_placeholder_secret(placeholder: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^MAILMAG_SECRET_KEY: "):
+        load_settings(
+            _env_file=None, environment="production", secret_key=placeholder, smtp_host="relay"
+        )
+
+
+def test_production_refuses_to_capture_instead_of_relaying() -> None:
+    with pytest.raises(ConfigurationError, match=r"^MAILMAG_SMTP_HOST: "):
+        load_settings(_env_file=None, environment="production", secret_key=STRONG)
+
+
+def test_production_accepts_real_secret_and_relay() -> None:
+    settings = load_settings(
+        _env_file=None, environment="production", secret_key=STRONG, smtp_host="relay"
+    )
+    assert not settings.captures_mail
+
+
+@pytest.mark.parametrize(
+    ("overrides", "setting"),
+    [
+        ({"database_url": "not a url"}, "MAILMAG_DATABASE_URL"),
+        ({"database_url": "mysql://x@y/z"}, "MAILMAG_DATABASE_URL"),
+        ({"base_url": "ftp:/nowhere"}, "MAILMAG_BASE_URL"),
+        ({"http_port": 70000}, "MAILMAG_HTTP_PORT"),
+        ({"sender_name": "News\r\nBcc: victim@example.com"}, "MAILMAG_SENDER_NAME"),
+    ],
+)
+def test_malformed_values_name_their_setting(overrides: dict[str, object], setting: str) -> None:
+    with pytest.raises(ConfigurationError, match=rf"^{setting}: "):
+        load_settings(_env_file=None, **overrides)
+
+
+def test_environment_variables_are_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MAILMAG_SENDER_NAME", "Env News")
+    assert load_settings(_env_file=None).sender_name == "Env News"

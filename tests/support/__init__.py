@@ -1,0 +1,1 @@
+"""Test harness pieces: a scriptable SMTP server and database helpers."""
