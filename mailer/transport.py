@@ -122,8 +122,13 @@ class SMTPTransport:
             client: aiosmtplib.SMTP | None = None
             try:
                 client = await self._checkout()
+                # An internationalised address needs SMTPUTF8 (RFC 6531).
+                utf8 = not (envelope.recipient.isascii() and envelope.sender.isascii())
                 _, reply = await client.sendmail(
-                    envelope.sender, [envelope.recipient], envelope.message
+                    envelope.sender,
+                    [envelope.recipient],
+                    envelope.message,
+                    mail_options=["SMTPUTF8"] if utf8 else None,
                 )
             except aiosmtplib.SMTPRecipientsRefused as exc:
                 refusal = exc.recipients[0]

@@ -6,7 +6,10 @@ The tree::
     ├── ConfigurationError       a setting is missing or wrong; start-up stops with one line
     ├── StoreError               the database cannot be used as it is
     │   └── SchemaNotCurrent     migrations are not at head
-    └── AlreadyExists            a unique thing (staff account, magazine...) exists already
+    ├── AlreadyExists            a unique thing (staff account, magazine...) exists already
+    ├── InvalidInput             a value a person gave is not acceptable; names the field
+    ├── RateLimited              too many requests from one client or for one address
+    └── BadToken                 a signed link or form token is forged, expired or used
 
 Each message names what is wrong in words an operator can act on.
 """
@@ -32,3 +35,24 @@ class SchemaNotCurrent(StoreError):
 
 class AlreadyExists(MailmagError):
     """Creating something unique that exists already."""
+
+
+class InvalidInput(MailmagError):
+    """A submitted value is not acceptable; ``field`` names it for the form."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class RateLimited(MailmagError):
+    """Too many requests; ``retry_after`` seconds until the next one may succeed."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BadToken(MailmagError):
+    """A signed token is forged, expired, meant for another action, or already used."""

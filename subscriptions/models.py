@@ -15,11 +15,12 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from mailer.clock import utcnow
 from mailer.columns import EnumText, UTCDateTime
+from subscriptions.tokens import new_token_key
 
 # --- Subscriber -------------------------------------------------------------------------------
 
@@ -39,6 +40,15 @@ class Subscriber(SubscriberBase, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)
+    token_key: str = Field(
+        default_factory=new_token_key,
+        max_length=32,
+        unique=True,
+        description="Random; the subject of every signed link, never shown in clear.",
+    )
+    notified_at: datetime | None = Field(
+        default=None, sa_type=UTCDateTime, description="Last confirmation-type system mail."
+    )
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -52,8 +62,8 @@ class SubscriberPublic(SubscriberBase):
 
 class MagazineBase(SQLModel):
     slug: str = Field(max_length=64, regex=r"^[a-z0-9][a-z0-9-]*$")
-    title: str = Field(max_length=200)
-    description: str = Field(default="", max_length=2000)
+    title: dict[str, str] = Field(sa_type=JSON, description="Title per locale (en, ja).")
+    description: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     purpose: str = Field(
         default="newsletter", max_length=64, description="Key of the purpose of use it serves."
     )
@@ -74,6 +84,11 @@ class MagazineCreate(MagazineBase):
 
 class MagazinePublic(MagazineBase):
     id: int
+
+
+def localised(texts: dict[str, str], locale: str) -> str:
+    """The text for ``locale``, falling back to English, then to any text there is."""
+    return texts.get(locale) or texts.get("en") or next(iter(texts.values()), "")
 
 
 # --- Subscription -----------------------------------------------------------------------------
@@ -146,6 +161,7 @@ class ConsentChannel(StrEnum):
     mailto = "mailto"  # a mail to the List-Unsubscribe address
     complaint = "complaint"
     erasure = "erasure"
+    expiry = "expiry"  # a sign-up never confirmed, withdrawn when its data is purged
 
 
 class ConsentEvent(SQLModel, table=True):
@@ -159,6 +175,7 @@ class ConsentEvent(SQLModel, table=True):
     __tablename__ = "consent_event"
 
     id: int | None = Field(default=None, primary_key=True)
+    seq: int = Field(unique=True, description="Position in the chain, from 1, no gaps.")
     subscriber_id: int | None = Field(
         default=None,
         sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL"), index=True),
@@ -176,6 +193,17 @@ class ConsentEvent(SQLModel, table=True):
     personal_erased: bool = False
     prev_hash: str = Field(max_length=64)
     row_hash: str = Field(max_length=64, unique=True)
+
+
+class LedgerHead(SQLModel, table=True):
+    """The tip of a hash chain: its length and last hash. Locked to append, so appends are
+    serialised, and compared by verify, so a removed tail is noticed too."""
+
+    __tablename__ = "ledger_head"
+
+    name: str = Field(primary_key=True, max_length=32)
+    seq: int = 0
+    last_hash: str = Field(max_length=64)
 
 
 # --- Suppression ------------------------------------------------------------------------------
@@ -234,3 +262,45 @@ class StaffUserCreate(StaffUserBase):
 class StaffUserPublic(StaffUserBase):
     id: int
     active: bool
+
+
+# --- System mail outbox -----------------------------------------------------------------------
+
+
+class SystemMailStatus(StrEnum):
+    queued = "queued"
+    sent = "sent"
+    failed = "failed"
+
+
+class SystemMail(SQLModel, table=True):
+    """A transactional mail (confirmation, erasure check...) stored before anyone is told it
+    will be sent, then delivered by the outbox sender. Purged a while after sending."""
+
+    __tablename__ = "system_mail"
+    __table_args__ = (Index("ix_system_mail_due", "status", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    recipient: str = Field(max_length=320)
+    kind: str = Field(max_length=32)
+    message: bytes = Field(sa_type=LargeBinary)
+    status: SystemMailStatus = Field(
+        default=SystemMailStatus.queued, sa_type=EnumText(SystemMailStatus)
+    )
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# --- Single-use form tokens -------------------------------------------------------------------
+
+
+class FormNonce(SQLModel, table=True):
+    """A sign-up form token that has been used once and may not be used again."""
+
+    __tablename__ = "form_nonce"
+
+    nonce: str = Field(primary_key=True, max_length=32)
+    used_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

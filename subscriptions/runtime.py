@@ -1,38 +1,63 @@
-"""What one mailmag process holds while it runs: settings, the engine, templates, services.
-
-Built once by the app factory (or the CLI for commands without a web app) and passed down
-explicitly; nothing here reads the environment.
+"""What one mailmag process holds while it runs: settings, the engine, and the services built
+from them, wired once here and passed down explicitly. Nothing here reads the environment.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
 from mailer.capture import CaptureServer
+from mailer.transport import SMTPTransport, Transport
+from subscriptions.addresses import AddressHasher
+from subscriptions.lifecycle import Lifecycle
+from subscriptions.links import LinkPolicy, Links
+from subscriptions.models import Magazine
+from subscriptions.notice import NoticeBook
+from subscriptions.outbox import OutboxSender
+from subscriptions.paths import TEMPLATES_DIR
+from subscriptions.ratelimit import Limit, SlidingWindow
+from subscriptions.registry import Registry, load_registry
+from subscriptions.self_service import SelfService
 from subscriptions.settings import Settings
+from subscriptions.subscribing import OptIn, OptInPolicy
+from subscriptions.system_mail import Sender, SystemMailer
+from subscriptions.tokens import LinkSigner
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+HOUR = 3600
 
 
 @dataclass
 class Runtime:
     settings: Settings
     engine: Engine
+    registry: Registry
+    optin: OptIn
+    self_service: SelfService
+    links: Links
+    mailer: SystemMailer
     templates: Jinja2Templates = field(
         default_factory=lambda: Jinja2Templates(directory=TEMPLATES_DIR)
     )
     capture: CaptureServer | None = None
+    outbox: OutboxSender | None = None
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def captured_mail_dir(self) -> Path:
         return self.settings.data_dir / "captured-mail"
 
+    # --- services beside the web app ---------------------------------------------------------
+
     def start_services(self) -> None:
-        """Start what runs beside the web app: the capture server on the embedded default."""
+        """Start the capture server on the embedded default (before the event loop runs)."""
         if self.settings.captures_mail and self.capture is None:
             self.capture = CaptureServer(self.captured_mail_dir, self.settings.capture_smtp_port)
             self.capture.start()
@@ -41,3 +66,87 @@ class Runtime:
         if self.capture is not None:
             self.capture.stop()
             self.capture = None
+
+    def transport(self) -> Transport:
+        capture_port = self.capture.port if self.capture is not None else None
+        return SMTPTransport(self.settings.smtp_relay(capture_port=capture_port))
+
+    async def start_loops(self) -> None:
+        """Start the background loops of the web process (the system mail outbox)."""
+        self.outbox = OutboxSender(self.engine, self.transport(), self.settings.sender_address)
+        self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+
+    async def stop_loops(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self.outbox is not None:
+            await self.outbox.transport.close()
+
+    def wake_outbox(self) -> None:
+        if self.outbox is not None:
+            self.outbox.wake.set()
+
+    def sync_magazines(self) -> None:
+        """Create the registry's magazines that the store lacks, and refresh their texts."""
+        with Session(self.engine) as session:
+            existing = {m.slug: m for m in session.exec(select(Magazine)).all()}
+            for entry in self.registry.magazines:
+                magazine = existing.get(entry.slug) or Magazine(slug=entry.slug, title={})
+                magazine.title = entry.title.model_dump()
+                magazine.description = entry.description.model_dump()
+                magazine.purpose = entry.purpose
+                session.add(magazine)
+            session.commit()
+
+
+def build_runtime(settings: Settings, engine: Engine) -> Runtime:
+    secret = settings.resolved_secret()
+    registry = load_registry(settings.registry_file)
+    hasher = AddressHasher(secret)
+    links = Links(
+        LinkSigner(secret),
+        LinkPolicy(
+            base_url=str(settings.base_url),
+            confirm_seconds=settings.pending_days * 24 * HOUR,
+            preferences_seconds=settings.preferences_link_days * 24 * HOUR,
+            erase_seconds=settings.erase_link_hours * HOUR,
+            form_seconds=settings.form_token_minutes * 60,
+        ),
+    )
+    lifecycle = Lifecycle(hasher)
+    mailer = SystemMailer(
+        Sender(
+            name=settings.sender_name,
+            address=settings.sender_address,
+            base_url=str(settings.base_url),
+            operator=registry.operator.name,
+            contact=registry.contact_point,
+        )
+    )
+    optin = OptIn(
+        registry=registry,
+        notices=NoticeBook(registry),
+        hasher=hasher,
+        lifecycle=lifecycle,
+        links=links,
+        mailer=mailer,
+        per_ip=SlidingWindow(Limit(settings.subscribe_per_ip, HOUR)),
+        per_address=SlidingWindow(Limit(settings.subscribe_per_address, HOUR)),
+        policy=OptInPolicy(
+            pending=timedelta(days=settings.pending_days),
+            notify_interval=timedelta(hours=settings.notify_interval_hours),
+        ),
+    )
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        registry=registry,
+        optin=optin,
+        self_service=SelfService(lifecycle=lifecycle, hasher=hasher),
+        links=links,
+        mailer=mailer,
+    )

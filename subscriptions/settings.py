@@ -87,6 +87,26 @@ class Settings(BaseSettings):
     sender_name: str = "mailmag"
     sender_address: str = "newsletter@localhost"
 
+    registry_file: Path | None = Field(
+        default=None,
+        description="TOML privacy registries; unset = the shipped fictional example.",
+    )
+    pending_days: Annotated[int, Field(ge=1, le=90)] = Field(
+        default=7, description="Unconfirmed sign-ups expire (and are purged) after this."
+    )
+    preferences_link_days: Annotated[int, Field(ge=1)] = 180
+    erase_link_hours: Annotated[int, Field(ge=1, le=168)] = 24
+    form_token_minutes: Annotated[int, Field(ge=1, le=1440)] = 120
+    subscribe_per_ip: Annotated[int, Field(ge=1)] = Field(
+        default=20, description="Sign-ups accepted from one IP address per hour."
+    )
+    subscribe_per_address: Annotated[int, Field(ge=1)] = Field(
+        default=5, description="Sign-ups accepted for one address per hour."
+    )
+    notify_interval_hours: Annotated[int, Field(ge=1)] = Field(
+        default=24, description="At most one confirmation mail per address in this many hours."
+    )
+
     @field_validator("database_url")
     @classmethod
     def _parse_database_url(cls, value: str) -> str:

@@ -44,7 +44,7 @@ def test_naive_times_are_refused(session: Session) -> None:
 
 
 def test_statuses_are_stored_as_their_values_and_read_back_as_enums(session: Session) -> None:
-    magazine = Magazine(slug="weekly", title="Weekly")
+    magazine = Magazine(slug="weekly", title={"en": "Weekly"})
     subscriber = Subscriber(email="a@example.com")
     session.add_all([magazine, subscriber])
     session.flush()
@@ -65,7 +65,7 @@ def test_statuses_are_stored_as_their_values_and_read_back_as_enums(session: Ses
 
 
 def test_one_subscription_per_subscriber_and_magazine(session: Session) -> None:
-    magazine = Magazine(slug="weekly", title="Weekly")
+    magazine = Magazine(slug="weekly", title={"en": "Weekly"})
     subscriber = Subscriber(email="a@example.com")
     session.add_all([magazine, subscriber])
     session.flush()
@@ -84,7 +84,7 @@ def test_one_subscription_per_subscriber_and_magazine(session: Session) -> None:
 
 
 def test_deleting_a_subscriber_removes_their_subscriptions(session: Session) -> None:
-    magazine = Magazine(slug="weekly", title="Weekly")
+    magazine = Magazine(slug="weekly", title={"en": "Weekly"})
     subscriber = Subscriber(email="a@example.com")
     session.add_all([magazine, subscriber])
     session.flush()

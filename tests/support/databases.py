@@ -73,7 +73,13 @@ def sqlite_copy(template: Path, directory: Path) -> URL:
 
 
 def truncate_all(engine: Engine) -> None:
-    """Empty every application table and restart its ids (PostgreSQL)."""
-    tables = ", ".join(f'"{t.name}"' for t in schema.target_metadata.sorted_tables)
+    """Empty every application table and restart its ids (PostgreSQL); the ledger heads go
+    back to the state the migrations leave them in."""
+    tables = ", ".join(
+        f'"{t.name}"' for t in schema.target_metadata.sorted_tables if t.name != "ledger_head"
+    )
     with engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        conn.execute(
+            text("UPDATE ledger_head SET seq = 0, last_hash = :genesis"), {"genesis": "0" * 64}
+        )

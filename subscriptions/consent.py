@@ -1,0 +1,211 @@
+"""The consent ledger: append-only, hash-chained evidence of every grant and withdrawal.
+
+Each ``ConsentEvent`` row has a position ``seq`` (1, 2, 3... without gaps), the hash of the
+row before it, and its own hash over its content and that previous hash. Appending locks the
+chain's ``LedgerHead`` row (``FOR UPDATE`` on PostgreSQL; SQLite transactions are already
+serialised by ``BEGIN IMMEDIATE``), so two appends can never claim the same position.
+
+The personal fields (IP address, user agent) enter the row hash only through
+``personal_digest``. Erasure blanks them and sets ``personal_erased``; the chain still
+verifies, and everything else about the event stays provable.
+
+``verify`` walks the chain in order and names the first row that was altered, removed,
+inserted or reordered, or a head that does not match the last row (a removed tail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from mailer.clock import utcnow
+from subscriptions.models import (
+    ConsentAction,
+    ConsentChannel,
+    ConsentEvent,
+    ConsentPurpose,
+    LedgerHead,
+    Subscriber,
+)
+
+CHAIN = "consent"
+GENESIS_HASH = "0" * 64
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """How a consent event came about: when, through what, and from where."""
+
+    channel: ConsentChannel
+    ip: str | None = None
+    user_agent: str | None = None
+    notice_hash: str | None = None
+
+
+def personal_digest(ip: str | None, user_agent: str | None) -> str:
+    encoded = json.dumps([ip, user_agent], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def row_hash(event: ConsentEvent) -> str:
+    """SHA-256 over the row's content and the previous row's hash, in a fixed order."""
+    content = [
+        event.seq,
+        event.subject_digest,
+        event.purpose.value,
+        event.scope,
+        event.action.value,
+        event.channel.value,
+        event.notice_hash,
+        event.occurred_at.isoformat(timespec="microseconds"),
+        event.personal_digest,
+        event.prev_hash,
+    ]
+    encoded = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
+
+
+def _locked_head(session: Session) -> LedgerHead:
+    head = session.exec(
+        select(LedgerHead).where(LedgerHead.name == CHAIN).with_for_update()
+    ).one_or_none()
+    if head is None:  # the migration creates it; a missing head is tampering
+        raise RuntimeError("the consent ledger head is missing")
+    return head
+
+
+def append(
+    session: Session,
+    *,
+    subscriber: Subscriber,
+    subject_digest: str,
+    purpose: ConsentPurpose,
+    action: ConsentAction,
+    evidence: Evidence,
+    scope: str = "",
+    occurred_at: datetime | None = None,
+) -> ConsentEvent:
+    """Add one event at the end of the chain, in the caller's transaction."""
+    head = _locked_head(session)
+    ip = evidence.ip[:45] if evidence.ip else None
+    user_agent = evidence.user_agent[:512] if evidence.user_agent else None
+    event = ConsentEvent(
+        seq=head.seq + 1,
+        subscriber_id=subscriber.id,
+        subject_digest=subject_digest,
+        purpose=purpose,
+        scope=scope,
+        action=action,
+        channel=evidence.channel,
+        notice_hash=evidence.notice_hash,
+        # microsecond precision is what both databases keep, so the hash survives storage
+        occurred_at=occurred_at or utcnow(),
+        ip=ip,
+        user_agent=user_agent,
+        personal_digest=personal_digest(ip, user_agent),
+        prev_hash=head.last_hash,
+        row_hash="",
+    )
+    event.row_hash = row_hash(event)
+    head.seq = event.seq
+    head.last_hash = event.row_hash
+    session.add(event)
+    session.add(head)
+    return event
+
+
+def erase_personal_fields(session: Session, *, subscriber_id: int) -> int:
+    """Blank IP and user agent of a subscriber's events; the chain still verifies."""
+    result = session.execute(
+        update(ConsentEvent)
+        .where(col(ConsentEvent.subscriber_id) == subscriber_id)
+        .values(ip=None, user_agent=None, personal_erased=True)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    ok: bool
+    checked: int
+    problem: str = ""
+    seq: int | None = None  # the first row found wrong
+
+
+def verify(
+    session: Session, *, digest: Callable[[str], str] | None = None, batch: int = 1000
+) -> Verification:
+    """Walk the whole chain; with ``digest``, also check each linked subscriber's address."""
+    expected_prev = GENESIS_HASH
+    expected_seq = 1
+    checked = 0
+    last_id = 0
+    while True:
+        rows = session.exec(
+            select(ConsentEvent, Subscriber.email)
+            .join(Subscriber, col(Subscriber.id) == ConsentEvent.subscriber_id, isouter=True)
+            .where(col(ConsentEvent.seq) > last_id)
+            .order_by(col(ConsentEvent.seq))
+            .limit(batch)
+        ).all()
+        if not rows:
+            break
+        for event, email in rows:
+            problem = _check(event, email, expected_seq, expected_prev, digest)
+            if problem:
+                return Verification(False, checked, problem, event.seq)
+            expected_prev = event.row_hash
+            expected_seq += 1
+            checked += 1
+            last_id = event.seq
+    head = session.exec(select(LedgerHead).where(LedgerHead.name == CHAIN)).one_or_none()
+    if head is None:
+        return Verification(False, checked, "the ledger head is missing")
+    if head.seq != checked or head.last_hash != expected_prev:
+        return Verification(
+            False,
+            checked,
+            f"the ledger head records {head.seq} rows but the chain has {checked}: "
+            "rows at the end were removed or the head was altered",
+            checked + 1,
+        )
+    return Verification(True, checked)
+
+
+def _check(
+    event: ConsentEvent,
+    email: str | None,
+    expected_seq: int,
+    expected_prev: str,
+    digest: Callable[[str], str] | None,
+) -> str:
+    if event.seq != expected_seq:
+        return f"row {expected_seq} is missing (next row found is {event.seq})"
+    if event.prev_hash != expected_prev:
+        return f"row {event.seq} does not follow row {event.seq - 1} (removed or reordered)"
+    if row_hash(event) != event.row_hash:
+        return f"row {event.seq} was altered after it was written"
+    if not event.personal_erased and personal_digest(event.ip, event.user_agent) != (
+        event.personal_digest
+    ):
+        return f"row {event.seq}: IP or user agent was altered"
+    if digest is not None and email is not None and digest(email) != event.subject_digest:
+        return f"row {event.seq} was moved to another subscriber"
+    return ""
+
+
+def history(session: Session, *, subscriber_id: int) -> list[ConsentEvent]:
+    """A subscriber's events, oldest first."""
+    return list(
+        session.exec(
+            select(ConsentEvent)
+            .where(ConsentEvent.subscriber_id == subscriber_id)
+            .order_by(col(ConsentEvent.seq))
+        ).all()
+    )

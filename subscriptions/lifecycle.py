@@ -1,0 +1,251 @@
+"""The subscription state machine and the consent it rests on; the one module that changes
+``Subscription.status``.
+
+::
+
+    (none) ──request──▶ pending ──confirm──▶ confirmed ──end──▶ unsubscribed | suppressed
+       ▲                   │                                          │
+       └────── purge ◀─────┘ (expired)          request (fresh opt-in) ┘
+
+Every transition writes its consent event in the same transaction: ``granted`` when a person
+asks, ``confirmed`` when they confirm through the mailed link, ``withdrawn`` when they leave.
+Joint use and foreign transfer are separate purposes with their own events; they need no
+subscription row, their state is the latest event in the ledger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlmodel import Session, select
+
+from mailer.clock import utcnow
+from subscriptions import consent
+from subscriptions.addresses import AddressHasher
+from subscriptions.consent import Evidence
+from subscriptions.models import (
+    ConsentAction,
+    ConsentEvent,
+    ConsentPurpose,
+    Magazine,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+)
+
+LIVE = (SubscriptionStatus.pending, SubscriptionStatus.confirmed)
+
+
+class Lifecycle:
+    def __init__(self, hasher: AddressHasher) -> None:
+        self.hasher = hasher
+
+    def _event(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        purpose: ConsentPurpose,
+        action: ConsentAction,
+        evidence: Evidence,
+        scope: str = "",
+        at: datetime | None = None,
+    ) -> ConsentEvent:
+        return consent.append(
+            session,
+            subscriber=subscriber,
+            subject_digest=self.hasher.digest(subscriber.email),
+            purpose=purpose,
+            scope=scope,
+            action=action,
+            evidence=evidence,
+            occurred_at=at,
+        )
+
+    # --- magazines ---------------------------------------------------------------------------
+
+    def subscriptions(self, session: Session, subscriber: Subscriber) -> dict[int, Subscription]:
+        rows = session.exec(
+            select(Subscription).where(Subscription.subscriber_id == subscriber.id)
+        ).all()
+        return {row.magazine_id: row for row in rows}
+
+    def request(
+        self, session: Session, subscriber: Subscriber, magazine: Magazine, evidence: Evidence
+    ) -> bool:
+        """A person asks for a magazine: pending until confirmed. False if already confirmed."""
+        assert subscriber.id is not None
+        assert magazine.id is not None
+        existing = self.subscriptions(session, subscriber).get(magazine.id)
+        if existing is not None and existing.status is SubscriptionStatus.confirmed:
+            return False
+        now = utcnow()
+        if existing is None:
+            existing = Subscription(
+                subscriber_id=subscriber.id,
+                magazine_id=magazine.id,
+                status=SubscriptionStatus.pending,
+                created_at=now,
+            )
+        else:
+            existing.status = SubscriptionStatus.pending
+            existing.created_at = now
+            existing.confirmed_at = None
+            existing.ended_at = None
+        session.add(existing)
+        self._event(
+            session,
+            subscriber,
+            ConsentPurpose.magazine,
+            ConsentAction.granted,
+            evidence,
+            scope=magazine.slug,
+            at=now,
+        )
+        return True
+
+    def confirm(self, session: Session, subscriber: Subscriber, evidence: Evidence) -> int:
+        """Confirm everything the person asked for and has not yet confirmed."""
+        now = utcnow()
+        confirmed = 0
+        for subscription in self.subscriptions(session, subscriber).values():
+            if subscription.status is SubscriptionStatus.pending:
+                subscription.status = SubscriptionStatus.confirmed
+                subscription.confirmed_at = now
+                session.add(subscription)
+                confirmed += 1
+        for purpose, scope, notice_hash in self._unconfirmed_grants(session, subscriber):
+            self._event(
+                session,
+                subscriber,
+                purpose,
+                ConsentAction.confirmed,
+                Evidence(evidence.channel, evidence.ip, evidence.user_agent, notice_hash),
+                scope=scope,
+                at=now,
+            )
+        return confirmed
+
+    def opt_in_confirmed(
+        self, session: Session, subscriber: Subscriber, magazine: Magazine, evidence: Evidence
+    ) -> bool:
+        """A person who proved their mailbox (a signed link) adds a magazine: no second step."""
+        if not self.request(session, subscriber, magazine, evidence):
+            return False
+        subscription = self.subscriptions(session, subscriber)[magazine.id or 0]
+        subscription.status = SubscriptionStatus.confirmed
+        subscription.confirmed_at = utcnow()
+        session.add(subscription)
+        self._event(
+            session,
+            subscriber,
+            ConsentPurpose.magazine,
+            ConsentAction.confirmed,
+            evidence,
+            scope=magazine.slug,
+        )
+        return True
+
+    def end(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        magazines: Iterable[Magazine],
+        evidence: Evidence,
+        status: SubscriptionStatus = SubscriptionStatus.unsubscribed,
+    ) -> int:
+        """Stop the given subscriptions at once (unsubscribe, complaint, erasure)."""
+        assert status in (SubscriptionStatus.unsubscribed, SubscriptionStatus.suppressed)
+        current = self.subscriptions(session, subscriber)
+        now = utcnow()
+        ended = 0
+        for magazine in magazines:
+            subscription = current.get(magazine.id or 0)
+            if subscription is None or subscription.status not in LIVE:
+                continue
+            subscription.status = status
+            subscription.ended_at = now
+            session.add(subscription)
+            self._event(
+                session,
+                subscriber,
+                ConsentPurpose.magazine,
+                ConsentAction.withdrawn,
+                evidence,
+                scope=magazine.slug,
+                at=now,
+            )
+            ended += 1
+        return ended
+
+    # --- joint use and foreign transfer ------------------------------------------------------
+
+    def grant(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        purpose: ConsentPurpose,
+        evidence: Evidence,
+        scope: str = "",
+    ) -> None:
+        assert purpose is not ConsentPurpose.magazine
+        self._event(session, subscriber, purpose, ConsentAction.granted, evidence, scope=scope)
+
+    def grant_confirmed(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        purpose: ConsentPurpose,
+        evidence: Evidence,
+        scope: str = "",
+    ) -> None:
+        """A grant from someone who already proved their mailbox (a signed link)."""
+        self.grant(session, subscriber, purpose, evidence, scope=scope)
+        self._event(session, subscriber, purpose, ConsentAction.confirmed, evidence, scope=scope)
+
+    def withdraw(
+        self, session: Session, subscriber: Subscriber, purpose: ConsentPurpose, evidence: Evidence
+    ) -> int:
+        """Withdraw every live consent of ``purpose`` (all countries for foreign transfer)."""
+        withdrawn = 0
+        for (event_purpose, scope), action in self.consent_state(session, subscriber).items():
+            if event_purpose is purpose and action is not ConsentAction.withdrawn:
+                self._event(
+                    session, subscriber, purpose, ConsentAction.withdrawn, evidence, scope=scope
+                )
+                withdrawn += 1
+        return withdrawn
+
+    def withdraw_unconfirmed(
+        self, session: Session, subscriber: Subscriber, evidence: Evidence
+    ) -> int:
+        """Withdraw joint-use and transfer grants never confirmed (an expired sign-up)."""
+        withdrawn = 0
+        for (purpose, scope), action in self.consent_state(session, subscriber).items():
+            if purpose is not ConsentPurpose.magazine and action is ConsentAction.granted:
+                self._event(
+                    session, subscriber, purpose, ConsentAction.withdrawn, evidence, scope=scope
+                )
+                withdrawn += 1
+        return withdrawn
+
+    def consent_state(
+        self, session: Session, subscriber: Subscriber
+    ) -> dict[tuple[ConsentPurpose, str], ConsentAction]:
+        """The latest action per (purpose, scope), from the ledger."""
+        state: dict[tuple[ConsentPurpose, str], ConsentAction] = {}
+        for event in consent.history(session, subscriber_id=subscriber.id or 0):
+            state[(event.purpose, event.scope)] = event.action
+        return state
+
+    def _unconfirmed_grants(
+        self, session: Session, subscriber: Subscriber
+    ) -> list[tuple[ConsentPurpose, str, str | None]]:
+        latest: dict[tuple[ConsentPurpose, str], ConsentEvent] = {}
+        for event in consent.history(session, subscriber_id=subscriber.id or 0):
+            latest[(event.purpose, event.scope)] = event
+        return [
+            (purpose, scope, event.notice_hash)
+            for (purpose, scope), event in latest.items()
+            if event.action is ConsentAction.granted
+        ]

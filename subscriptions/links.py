@@ -1,0 +1,66 @@
+"""The signed links mailmag puts in mails, and how long each kind stays good.
+
+Every link names the subscriber by their random token key, bound to one action. Confirmation
+links last as long as a pending sign-up (``pending_days``), preference links
+``preferences_link_days``, erasure links ``erase_link_hours``; unsubscribe links never
+expire, as the law expects them to keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from subscriptions.errors import BadToken
+from subscriptions.models import Subscriber
+from subscriptions.tokens import Action, LinkSigner
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPolicy:
+    base_url: str
+    confirm_seconds: int
+    preferences_seconds: int
+    erase_seconds: int
+    form_seconds: int
+
+
+PATHS = {
+    Action.confirm: "/confirm/",
+    Action.unsubscribe: "/u/",
+    Action.preferences: "/preferences/",
+    Action.erase: "/erase/",
+}
+
+
+class Links:
+    def __init__(self, signer: LinkSigner, policy: LinkPolicy) -> None:
+        self.signer = signer
+        self.policy = policy
+        self._max_age = {
+            Action.confirm: policy.confirm_seconds,
+            Action.unsubscribe: None,
+            Action.preferences: policy.preferences_seconds,
+            Action.erase: policy.erase_seconds,
+            Action.form: policy.form_seconds,
+        }
+
+    def token(self, action: Action, subscriber: Subscriber, scope: str = "") -> str:
+        return self.signer.make(action, subscriber.token_key, scope)
+
+    def url(self, action: Action, subscriber: Subscriber, scope: str = "", lang: str = "") -> str:
+        query = f"?lang={lang}" if lang else ""
+        token = self.token(action, subscriber, scope)
+        return f"{self.policy.base_url.rstrip('/')}{PATHS[action]}{token}{query}"
+
+    def read(self, action: Action, token: str) -> tuple[str, str]:
+        """(token key, scope) of a valid, unexpired token for ``action``; else ``BadToken``."""
+        return self.signer.read(action, token, max_age=self._max_age[action])
+
+    def form_token(self, nonce: str) -> str:
+        return self.signer.make(Action.form, nonce)
+
+    def read_form_token(self, token: str) -> str:
+        nonce, scope = self.read(Action.form, token)
+        if scope or not nonce:
+            raise BadToken("this form is not valid")
+        return nonce

@@ -1,0 +1,90 @@
+"""The outbox sender: delivers queued system mails through the configured transport.
+
+Rows are claimed in small batches; each row's state changes only after the relay's reply is
+known (sent, or retried with backoff on a temporary failure, or failed on a permanent one).
+``OutboxSender.run`` loops in the web process, woken at once when a request queues a mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from mailer.clock import utcnow
+from mailer.transport import Envelope, Outcome, Transport
+from subscriptions.models import SystemMail, SystemMailStatus
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 8
+BATCH = 50
+
+
+def _backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(30 * 2 ** (attempts - 1), 3600))
+
+
+class OutboxSender:
+    def __init__(self, engine: Engine, transport: Transport, return_path: str) -> None:
+        self.engine = engine
+        self.transport = transport
+        self.return_path = return_path
+        self.wake = asyncio.Event()
+
+    def _due(self) -> list[SystemMail]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(
+                session.exec(
+                    select(SystemMail)
+                    .where(SystemMail.status == SystemMailStatus.queued)
+                    .where(col(SystemMail.next_attempt_at) <= utcnow())
+                    .order_by(col(SystemMail.id))
+                    .limit(BATCH)
+                ).all()
+            )
+
+    def _record(self, mail_id: int, outcome: Outcome, reply: str) -> None:
+        with Session(self.engine) as session:
+            mail = session.get(SystemMail, mail_id)
+            if mail is None or mail.status is not SystemMailStatus.queued:
+                return
+            mail.attempts += 1
+            if outcome is Outcome.sent:
+                mail.status = SystemMailStatus.sent
+                mail.sent_at = utcnow()
+            elif outcome is Outcome.failed or mail.attempts >= MAX_ATTEMPTS:
+                mail.status = SystemMailStatus.failed
+            else:
+                mail.next_attempt_at = utcnow() + _backoff(mail.attempts)
+            mail.last_error = None if outcome is Outcome.sent else reply[:500]
+            session.add(mail)
+            session.commit()
+
+    async def deliver_due(self) -> int:
+        """Send every mail that is due now; return how many were attempted."""
+        mails = await asyncio.to_thread(self._due)
+        for mail in mails:
+            assert mail.id is not None
+            result = await self.transport.send(
+                Envelope(self.return_path, mail.recipient, mail.message)
+            )
+            if result.outcome is not Outcome.sent:
+                log.warning("system mail %s %s: %s", mail.id, result.outcome, result.reply)
+            await asyncio.to_thread(self._record, mail.id, result.outcome, result.reply)
+        return len(mails)
+
+    async def run(self, idle_seconds: float = 5.0) -> None:
+        while True:
+            try:
+                if await self.deliver_due() == BATCH:
+                    continue
+            except Exception:  # keep the loop alive; the rows stay queued for the next turn
+                log.exception("outbox delivery failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), idle_seconds)
+            self.wake.clear()

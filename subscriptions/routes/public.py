@@ -1,0 +1,589 @@
+"""The subscriber-facing pages and the public JSON API.
+
+Pages work without JavaScript. Links from mails open a page on GET and act only on POST, so
+a mail scanner that follows links changes nothing. The one exception to "a page first" is
+RFC 8058 one-click unsubscribe: ``POST /u/{token}`` with ``List-Unsubscribe=One-Click``
+acts at once, with no cookie, session or CSRF token, as mail providers send it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Path, Query, Request, Response, status
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, ValidationError
+from sqlmodel import Session
+
+from subscriptions.consent import Evidence
+from subscriptions.deps import RuntimeDep, SessionDep
+from subscriptions.errors import BadToken, InvalidInput, RateLimited
+from subscriptions.i18n import gettext_for, pick_locale
+from subscriptions.models import ConsentChannel, Magazine, Subscriber, localised
+from subscriptions.runtime import Runtime
+from subscriptions.subscribing import PROFILE, Client, SignUpRequest
+from subscriptions.tokens import Action
+
+router = APIRouter(tags=["subscriber pages"], include_in_schema=False)
+api = APIRouter(prefix="/api/v1", tags=["public API"])
+
+Token = Annotated[str, Path(max_length=512)]
+Lang = Annotated[str | None, Query(max_length=8)]
+
+
+def client_of(request: Request) -> Client:
+    return Client(
+        ip=request.client.host if request.client else None,
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+def locale_of(request: Request, lang: str | None) -> str:
+    return pick_locale(lang, request.headers.get("accept-language"))
+
+
+def page(
+    runtime: Runtime,
+    request: Request,
+    name: str,
+    locale: str,
+    context: dict[str, Any],
+    status_code: int = 200,
+) -> Response:
+    values = {
+        "_": gettext_for(locale),
+        "lang": locale,
+        "registry": runtime.registry,
+        **context,
+    }
+    response = runtime.templates.TemplateResponse(request, name, values, status_code=status_code)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "no-referrer"  # links carry tokens
+    return response
+
+
+def message(
+    runtime: Runtime,
+    request: Request,
+    locale: str,
+    title: str,
+    body: str,
+    status_code: int = 200,
+    **extra: Any,
+) -> Response:
+    return page(
+        runtime,
+        request,
+        "pages/message.html",
+        locale,
+        {"title": title, "body": body, **extra},
+        status_code,
+    )
+
+
+def bad_link(runtime: Runtime, request: Request, locale: str, error: BadToken) -> Response:
+    _ = gettext_for(locale)
+    return message(
+        runtime,
+        request,
+        locale,
+        _("This link does not work"),
+        _(str(error)),
+        status.HTTP_400_BAD_REQUEST,
+    )
+
+
+# --- sign-up -------------------------------------------------------------------------------
+
+
+def _magazines(session: Session) -> list[Magazine]:
+    from sqlmodel import col, select
+
+    return list(session.exec(select(Magazine).where(Magazine.active).order_by(col(Magazine.id))))
+
+
+def _form(
+    runtime: Runtime,
+    request: Request,
+    session: Session,
+    locale: str,
+    *,
+    values: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    notice = runtime.optin.notices.current(locale)
+    magazines = [
+        {
+            "slug": m.slug,
+            "title": localised(m.title, locale),
+            "description": localised(m.description, locale),
+        }
+        for m in _magazines(session)
+    ]
+    return page(
+        runtime,
+        request,
+        "pages/subscribe.html",
+        locale,
+        {
+            "notice": notice,
+            "magazines": magazines,
+            "form_token": runtime.optin.new_form_token(),
+            "values": values or {},
+            "errors": errors or {},
+            "required": runtime.registry.fields.required,
+            "labels": runtime.registry.field_labels,
+            "profile_fields": PROFILE,
+            "countries": runtime.registry.foreign_countries,
+        },
+        status_code,
+    )
+
+
+@router.get("/")
+def home() -> RedirectResponse:
+    return RedirectResponse("/subscribe", status_code=status.HTTP_307_TEMPORARY_REDIRECT)
+
+
+@router.get("/subscribe", response_class=HTMLResponse)
+def subscribe_form(
+    request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    return _form(runtime, request, session, locale_of(request, lang))
+
+
+def _validation_errors(exc: ValidationError) -> dict[str, str]:
+    errors: dict[str, str] = {}
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "form"
+        errors.setdefault(field, str(error["msg"]))
+    return errors
+
+
+@router.post("/subscribe", response_class=HTMLResponse)
+async def subscribe_submit(
+    request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    form = await request.form()
+    locale = pick_locale(
+        str(form.get("locale", "")) or lang, request.headers.get("accept-language")
+    )
+    _ = gettext_for(locale)
+    raw: dict[str, Any] = {
+        key: str(form.get(key, "")) for key in ("email", "notice_hash", "form_token", *PROFILE)
+    }
+    raw["magazines"] = [str(v) for v in form.getlist("magazines")]
+    raw["joint_use"] = form.get("joint_use") == "yes"
+    raw["foreign_transfer"] = form.get("foreign_transfer") == "yes"
+    raw["locale"] = locale
+    keep = {k: v for k, v in raw.items() if k not in ("form_token", "notice_hash")}
+    try:
+        signup = SignUpRequest.model_validate(raw)
+        runtime.optin.sign_up(session, signup, client_of(request), ConsentChannel.web_form)
+    except ValidationError as exc:
+        return _form(
+            runtime,
+            request,
+            session,
+            locale,
+            values=keep,
+            errors=_validation_errors(exc),
+            status_code=422,
+        )
+    except InvalidInput as exc:
+        return _form(
+            runtime,
+            request,
+            session,
+            locale,
+            values=keep,
+            errors={exc.field: _(exc.message)},
+            status_code=422,
+        )
+    except BadToken as exc:
+        return _form(
+            runtime,
+            request,
+            session,
+            locale,
+            values=keep,
+            errors={"form": _(str(exc))},
+            status_code=400,
+        )
+    except RateLimited as exc:
+        response = message(
+            runtime,
+            request,
+            locale,
+            _("Please try again later"),
+            _(str(exc)),
+            status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    runtime.wake_outbox()
+    return message(
+        runtime,
+        request,
+        locale,
+        _("Check your inbox"),
+        _(
+            "If the address can receive our mail, a message is on its way to it. "
+            "Follow the link in it to finish."
+        ),
+    )
+
+
+class FormInfo(BaseModel):
+    form_token: str
+    notice_hash: str
+    notice_locale: str
+    notice: str
+    magazines: list[dict[str, str]]
+    required_fields: list[str]
+    foreign_countries: list[str]
+
+
+class Accepted(BaseModel):
+    status: str = "accepted"
+    detail: str
+
+
+class Problem(BaseModel):
+    detail: str
+    field: str | None = None
+
+
+@api.get("/subscribe/form")
+def api_form(
+    request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> FormInfo:
+    """A single-use form token (valid for ``MAILMAG_FORM_TOKEN_MINUTES``) and the notice to
+    show before the visitor submits."""
+    locale = locale_of(request, lang)
+    notice = runtime.optin.notices.current(locale)
+    return FormInfo(
+        form_token=runtime.optin.new_form_token(),
+        notice_hash=notice.content_hash,
+        notice_locale=notice.locale,
+        notice=notice.body,
+        magazines=[
+            {"slug": m.slug, "title": localised(m.title, locale)} for m in _magazines(session)
+        ],
+        required_fields=list(runtime.registry.fields.required),
+        foreign_countries=[c.code for c in runtime.registry.foreign_countries],
+    )
+
+
+@api.post(
+    "/subscribe",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={400: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem}},
+)
+def api_subscribe(
+    signup: SignUpRequest, request: Request, runtime: RuntimeDep, session: SessionDep
+) -> Any:
+    """Sign up for magazines. The answer is the same whatever the address's state."""
+    try:
+        runtime.optin.sign_up(session, signup, client_of(request), ConsentChannel.api)
+    except InvalidInput as exc:
+        return JSONResponse(Problem(detail=exc.message, field=exc.field).model_dump(), 422)
+    except BadToken as exc:
+        return JSONResponse(Problem(detail=str(exc), field="form_token").model_dump(), 400)
+    except RateLimited as exc:
+        return JSONResponse(
+            Problem(detail=str(exc)).model_dump(),
+            429,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+    runtime.wake_outbox()
+    return Accepted(detail="if the address can receive mail, a confirmation request is on its way")
+
+
+# --- confirmation ----------------------------------------------------------------------------
+
+
+@router.get("/confirm/{token}", response_class=HTMLResponse)
+def confirm_page(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    locale = locale_of(request, lang)
+    try:
+        subscriber, _scope = runtime.optin.subscriber_for(session, Action.confirm, token)
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    return page(
+        runtime,
+        request,
+        "pages/confirm.html",
+        locale,
+        {
+            "address": subscriber.email,
+            "pending": runtime.optin.pending_titles(session, subscriber, locale),
+        },
+    )
+
+
+@router.post("/confirm/{token}", response_class=HTMLResponse)
+def confirm_submit(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    locale = locale_of(request, lang)
+    _ = gettext_for(locale)
+    try:
+        subscriber = runtime.optin.confirm(session, token, client_of(request))
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    return message(
+        runtime,
+        request,
+        locale,
+        _("You are subscribed"),
+        _("Thank you. Your subscription is confirmed."),
+        link=runtime.links.url(Action.preferences, subscriber, lang=locale),
+        link_text=_("Manage your preferences"),
+    )
+
+
+# --- preferences, export, erasure ------------------------------------------------------------
+
+
+def _subscriber(
+    runtime: Runtime, session: Session, action: Action, token: str
+) -> tuple[Subscriber, str]:
+    return runtime.optin.subscriber_for(session, action, token)
+
+
+@router.get("/preferences/{token}", response_class=HTMLResponse)
+def preferences_page(
+    token: Token,
+    request: Request,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    lang: Lang = None,
+    saved: bool = False,
+) -> Response:
+    locale = locale_of(request, lang)
+    try:
+        subscriber, _scope = _subscriber(runtime, session, Action.preferences, token)
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    view = runtime.self_service.view(session, subscriber, locale)
+    return page(
+        runtime,
+        request,
+        "pages/preferences.html",
+        locale,
+        {
+            "view": view,
+            "token": token,
+            "saved": saved,
+            "labels": runtime.registry.field_labels,
+            "profile_fields": PROFILE,
+            "countries": runtime.registry.foreign_countries,
+            "notice": runtime.optin.notices.current(locale),
+        },
+    )
+
+
+@router.post("/preferences/{token}")
+async def preferences_submit(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    locale = locale_of(request, lang)
+    try:
+        subscriber, _scope = _subscriber(runtime, session, Action.preferences, token)
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    form = await request.form()
+    profile: dict[str, str | None] = {}
+    for field in PROFILE:
+        value = str(form.get(field, "")).strip()
+        limit = 40 if field == "phone" else 200
+        if len(value) > limit:
+            _ = gettext_for(locale)
+            return message(
+                runtime,
+                request,
+                locale,
+                _("Please check your entries"),
+                _("A field is too long."),
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+            )
+        profile[field] = value or None
+    client = client_of(request)
+    notice = runtime.optin.notices.current(locale)
+    runtime.self_service.update(
+        session,
+        subscriber,
+        magazines={str(v) for v in form.getlist("magazines")},
+        profile=profile,
+        joint_use=form.get("joint_use") == "yes",
+        foreign_transfer=form.get("foreign_transfer") == "yes",
+        foreign_countries=[c.code for c in runtime.registry.foreign_countries],
+        evidence=Evidence(ConsentChannel.link, client.ip, client.user_agent, notice.content_hash),
+    )
+    return RedirectResponse(
+        f"/preferences/{token}?lang={locale}&saved=1", status_code=status.HTTP_303_SEE_OTHER
+    )
+
+
+@router.post("/preferences/{token}/export")
+def export_data(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    locale = locale_of(request, lang)
+    try:
+        subscriber, _scope = _subscriber(runtime, session, Action.preferences, token)
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    data = runtime.self_service.export(session, subscriber)
+    return Response(
+        json.dumps(data, ensure_ascii=False, indent=2),
+        media_type="application/json",
+        headers={
+            "Content-Disposition": 'attachment; filename="my-data.json"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+@router.post("/preferences/{token}/erase", response_class=HTMLResponse)
+def request_erasure(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    locale = locale_of(request, lang)
+    _ = gettext_for(locale)
+    try:
+        subscriber, _scope = _subscriber(runtime, session, Action.preferences, token)
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    runtime.mailer.queue(
+        session,
+        "erase",
+        recipient=subscriber.email,
+        locale=locale,
+        subject="Confirm the deletion of your data",
+        address=subscriber.email,
+        erase_url=runtime.links.url(Action.erase, subscriber, lang=locale),
+        hours=runtime.settings.erase_link_hours,
+    )
+    session.commit()
+    runtime.wake_outbox()
+    return message(
+        runtime,
+        request,
+        locale,
+        _("Check your inbox"),
+        _(
+            "To protect you, we have sent a link to your address. "
+            "Your data is deleted when you follow it."
+        ),
+    )
+
+
+@router.get("/erase/{token}", response_class=HTMLResponse)
+def erase_page(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    locale = locale_of(request, lang)
+    try:
+        subscriber, _scope = _subscriber(runtime, session, Action.erase, token)
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    return page(runtime, request, "pages/erase.html", locale, {"address": subscriber.email})
+
+
+@router.post("/erase/{token}", response_class=HTMLResponse)
+def erase_submit(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    locale = locale_of(request, lang)
+    _ = gettext_for(locale)
+    try:
+        subscriber, _scope = _subscriber(runtime, session, Action.erase, token)
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    client = client_of(request)
+    runtime.self_service.erase(
+        session, subscriber, Evidence(ConsentChannel.erasure, client.ip, client.user_agent)
+    )
+    return message(
+        runtime,
+        request,
+        locale,
+        _("Your data has been deleted"),
+        _(
+            "We keep only a one-way fingerprint of your address so that we never mail it "
+            "again, and the record of your consent that the law requires us to keep."
+        ),
+    )
+
+
+# --- unsubscribe -----------------------------------------------------------------------------
+
+
+@router.get("/u/{token}", response_class=HTMLResponse)
+def unsubscribe_page(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    locale = locale_of(request, lang)
+    try:
+        subscriber, scope = _subscriber(runtime, session, Action.unsubscribe, token)
+    except BadToken as exc:
+        return bad_link(runtime, request, locale, exc)
+    magazine = _magazine_title(session, scope, locale)
+    return page(
+        runtime,
+        request,
+        "pages/unsubscribe.html",
+        locale,
+        {"address": subscriber.email, "magazine": magazine},
+    )
+
+
+def _magazine_title(session: Session, scope: str, locale: str) -> str | None:
+    from sqlmodel import select
+
+    if not scope:
+        return None
+    magazine = session.exec(select(Magazine).where(Magazine.slug == scope)).first()
+    return localised(magazine.title, locale) if magazine else None
+
+
+@router.post("/u/{token}")
+def unsubscribe_submit(
+    token: Token,
+    request: Request,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    lang: Lang = None,
+    one_click: Annotated[str | None, Form(alias="List-Unsubscribe")] = None,
+) -> Response:
+    """Unsubscribe at once: the page's button, or RFC 8058 one-click from a mail client."""
+    locale = locale_of(request, lang)
+    _ = gettext_for(locale)
+    try:
+        subscriber, scope = _subscriber(runtime, session, Action.unsubscribe, token)
+    except BadToken as exc:
+        if one_click is not None:
+            return Response(str(exc), status_code=400, media_type="text/plain")
+        return bad_link(runtime, request, locale, exc)
+    client = client_of(request)
+    channel = ConsentChannel.one_click if one_click == "One-Click" else ConsentChannel.link
+    runtime.self_service.unsubscribe(
+        session, subscriber, scope, Evidence(channel, client.ip, client.user_agent)
+    )
+    if one_click is not None:
+        return Response("unsubscribed", media_type="text/plain")
+    return message(
+        runtime,
+        request,
+        locale,
+        _("You are unsubscribed"),
+        _("You will receive no more mail of this kind. This took effect immediately."),
+        link=runtime.links.url(Action.preferences, subscriber, lang=locale),
+        link_text=_("Manage your preferences"),
+    )

@@ -1,0 +1,318 @@
+"""Sign-up and double opt-in: the flow behind ``/subscribe`` and the confirmation link.
+
+A sign-up is checked in this order, so that abuse costs nothing: the input (address,
+magazines, the notice shown), the form's signed token, the rate limits; only then is
+anything written. The form token is single-use (its nonce is stored in the same transaction
+as the sign-up). The pending subscription, the consent events and the confirmation mail are
+committed together before the visitor is answered.
+
+The answer never tells whether the address was new, pending, confirmed or unsubscribed; what
+differs is only the mail the address receives (a confirmation request, or "you are already
+subscribed, here is your preferences link"), at most one per ``notify_interval_hours``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from mailer.clock import utcnow
+from subscriptions import consent
+from subscriptions.addresses import AddressHasher, normalise_address
+from subscriptions.consent import Evidence
+from subscriptions.errors import BadToken, InvalidInput, RateLimited
+from subscriptions.lifecycle import Lifecycle
+from subscriptions.links import Links
+from subscriptions.models import (
+    ConsentAction,
+    ConsentChannel,
+    ConsentPurpose,
+    FormNonce,
+    Magazine,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    localised,
+)
+from subscriptions.notice import NoticeBook, record_notice
+from subscriptions.ratelimit import SlidingWindow
+from subscriptions.registry import Registry
+from subscriptions.system_mail import SystemMailer
+from subscriptions.tokens import Action
+
+ProfileText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
+Phone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)]
+
+
+class SignUpRequest(BaseModel):
+    """What the sign-up form and the JSON API accept."""
+
+    model_config = ConfigDict(extra="forbid", str_max_length=2000)
+
+    email: str = Field(max_length=320)
+    magazines: list[Annotated[str, StringConstraints(max_length=64)]] = Field(max_length=50)
+    name: ProfileText | None = None
+    company: ProfileText | None = None
+    department: ProfileText | None = None
+    title: ProfileText | None = None
+    phone: Phone | None = None
+    locale: Literal["en", "ja"] = "en"
+    joint_use: bool = False
+    foreign_transfer: bool = False
+    notice_hash: str = Field(max_length=64)
+    form_token: str = Field(max_length=512)
+
+
+PROFILE = ("name", "company", "department", "title", "phone")
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who is asking: the IP and user agent recorded as evidence."""
+
+    ip: str | None
+    user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class OptInPolicy:
+    pending: timedelta
+    notify_interval: timedelta
+
+
+class OptIn:
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        notices: NoticeBook,
+        hasher: AddressHasher,
+        lifecycle: Lifecycle,
+        links: Links,
+        mailer: SystemMailer,
+        per_ip: SlidingWindow,
+        per_address: SlidingWindow,
+        policy: OptInPolicy,
+    ) -> None:
+        self.registry = registry
+        self.notices = notices
+        self.hasher = hasher
+        self.lifecycle = lifecycle
+        self.links = links
+        self.mailer = mailer
+        self.per_ip = per_ip
+        self.per_address = per_address
+        self.policy = policy
+
+    # --- the form ------------------------------------------------------------------------------
+
+    def new_form_token(self) -> str:
+        return self.links.form_token(secrets.token_urlsafe(16))
+
+    # --- sign-up -------------------------------------------------------------------------------
+
+    def sign_up(
+        self, session: Session, request: SignUpRequest, client: Client, channel: ConsentChannel
+    ) -> None:
+        """Record a sign-up durably, or raise before writing anything."""
+        email = normalise_address(request.email)
+        magazines = self._magazines(session, request.magazines)
+        if request.foreign_transfer and not request.joint_use:
+            raise InvalidInput(
+                "foreign_transfer", "transfer abroad can only be agreed together with joint use"
+            )
+        if not self.notices.is_current(request.notice_hash):
+            raise InvalidInput(
+                "notice", "the privacy notice has changed since the form was shown: review it"
+            )
+        nonce = self.links.read_form_token(request.form_token)
+        for limiter, key, what in (
+            (self.per_ip, client.ip or "unknown", "from your network"),
+            (self.per_address, email.lower(), "for this address"),
+        ):
+            wait = limiter.check(key)
+            if wait is not None:
+                raise RateLimited(f"too many sign-ups {what}; try later", retry_after=int(wait) + 1)
+
+        try:
+            with session.begin_nested():
+                session.add(FormNonce(nonce=nonce))
+        except IntegrityError:
+            raise BadToken("this form was already submitted; reload the page") from None
+
+        notice = record_notice(session, self.notices.current(request.locale))
+        evidence = Evidence(channel, client.ip, client.user_agent, notice.content_hash)
+        subscriber = self._subscriber(session, email, request)
+        asked = [m for m in magazines if self.lifecycle.request(session, subscriber, m, evidence)]
+        asked_consents = self._grant_consents(session, subscriber, request, evidence)
+        self._notify(session, subscriber, needs_confirmation=bool(asked or asked_consents))
+        session.commit()
+
+    def _magazines(self, session: Session, slugs: list[str]) -> list[Magazine]:
+        wanted = list(dict.fromkeys(slugs))
+        if not wanted:
+            raise InvalidInput("magazines", "choose at least one magazine")
+        found = session.exec(
+            select(Magazine).where(col(Magazine.slug).in_(wanted)).where(Magazine.active)
+        ).all()
+        if len(found) != len(wanted):
+            raise InvalidInput("magazines", "one of the chosen magazines does not exist")
+        return sorted(found, key=lambda m: wanted.index(m.slug))
+
+    def _subscriber(self, session: Session, email: str, request: SignUpRequest) -> Subscriber:
+        subscriber = session.exec(select(Subscriber).where(Subscriber.email == email)).first()
+        profile = {field: getattr(request, field) or None for field in PROFILE}
+        if subscriber is None:
+            subscriber = Subscriber(email=email, locale=request.locale)
+            for field, value in profile.items():
+                setattr(subscriber, field, value)
+            try:
+                with session.begin_nested():
+                    session.add(subscriber)
+            except IntegrityError:  # the same address signed up a moment ago
+                return self._subscriber(session, email, request)
+            return subscriber
+        if not self._has_confirmed(session, subscriber):
+            # Only an unconfirmed record may be rewritten by an anonymous form; a confirmed
+            # person corrects their data through their own preferences link.
+            for field, value in profile.items():
+                setattr(subscriber, field, value)
+            subscriber.locale = request.locale
+            subscriber.updated_at = utcnow()
+            session.add(subscriber)
+        return subscriber
+
+    @staticmethod
+    def _has_confirmed(session: Session, subscriber: Subscriber) -> bool:
+        return (
+            session.exec(
+                select(Subscription.id)
+                .where(Subscription.subscriber_id == subscriber.id)
+                .where(Subscription.status == SubscriptionStatus.confirmed)
+            ).first()
+            is not None
+        )
+
+    def _grant_consents(
+        self, session: Session, subscriber: Subscriber, request: SignUpRequest, evidence: Evidence
+    ) -> int:
+        wanted: list[tuple[ConsentPurpose, str]] = []
+        if request.joint_use:
+            wanted.append((ConsentPurpose.joint_use, ""))
+        if request.foreign_transfer:
+            wanted += [
+                (ConsentPurpose.foreign_transfer, c.code) for c in self.registry.foreign_countries
+            ]
+        state = self.lifecycle.consent_state(session, subscriber)
+        granted = 0
+        for purpose, scope in wanted:
+            if state.get((purpose, scope)) in (ConsentAction.granted, ConsentAction.confirmed):
+                continue
+            self.lifecycle.grant(session, subscriber, purpose, evidence, scope=scope)
+            granted += 1
+        return granted
+
+    def _notify(
+        self, session: Session, subscriber: Subscriber, *, needs_confirmation: bool
+    ) -> None:
+        now = utcnow()
+        if subscriber.notified_at and now - subscriber.notified_at < self.policy.notify_interval:
+            return
+        locale = subscriber.locale
+        if needs_confirmation:
+            self.mailer.queue(
+                session,
+                "confirm",
+                recipient=subscriber.email,
+                locale=locale,
+                subject="Please confirm your subscription",
+                address=subscriber.email,
+                confirm_url=self.links.url(Action.confirm, subscriber, lang=locale),
+                days=self.policy.pending.days,
+            )
+        else:
+            self.mailer.queue(
+                session,
+                "already_subscribed",
+                recipient=subscriber.email,
+                locale=locale,
+                subject="You are already subscribed",
+                address=subscriber.email,
+                preferences_url=self.links.url(Action.preferences, subscriber, lang=locale),
+            )
+        subscriber.notified_at = now
+        session.add(subscriber)
+
+    # --- confirmation --------------------------------------------------------------------------
+
+    def subscriber_for(
+        self, session: Session, action: Action, token: str
+    ) -> tuple[Subscriber, str]:
+        """The subscriber a valid link names, and its scope; ``BadToken`` otherwise."""
+        key, scope = self.links.read(action, token)
+        subscriber = session.exec(select(Subscriber).where(Subscriber.token_key == key)).first()
+        if subscriber is None:
+            raise BadToken("this link is no longer valid")
+        return subscriber, scope
+
+    def pending_titles(self, session: Session, subscriber: Subscriber, locale: str) -> list[str]:
+        rows = session.exec(
+            select(Magazine)
+            .join(Subscription, col(Subscription.magazine_id) == Magazine.id)
+            .where(Subscription.subscriber_id == subscriber.id)
+            .where(Subscription.status == SubscriptionStatus.pending)
+        ).all()
+        return [localised(m.title, locale) for m in rows]
+
+    def confirm(self, session: Session, token: str, client: Client) -> Subscriber:
+        subscriber, _scope = self.subscriber_for(session, Action.confirm, token)
+        evidence = Evidence(ConsentChannel.link, client.ip, client.user_agent)
+        self.lifecycle.confirm(session, subscriber, evidence)
+        # Confirming through the mailbox is a fresh opt-in: it lifts an earlier suppression.
+        session.execute(
+            delete(Suppression).where(
+                col(Suppression.address_digest) == self.hasher.digest(subscriber.email)
+            )
+        )
+        session.commit()
+        return subscriber
+
+    # --- expiry --------------------------------------------------------------------------------
+
+    def purge_expired(self, session: Session) -> int:
+        """Remove sign-ups never confirmed in time; delete people left with nothing."""
+        cutoff = utcnow() - self.policy.pending
+        expired = session.exec(
+            select(Subscription)
+            .where(Subscription.status == SubscriptionStatus.pending)
+            .where(col(Subscription.created_at) < cutoff)
+        ).all()
+        touched: dict[int, Subscriber] = {}
+        evidence = Evidence(ConsentChannel.expiry)
+        for subscription in expired:
+            subscriber = session.get(Subscriber, subscription.subscriber_id)
+            magazine = session.get(Magazine, subscription.magazine_id)
+            if subscriber is None or magazine is None:
+                continue
+            self.lifecycle.end(session, subscriber, [magazine], evidence)
+            session.delete(subscription)
+            touched[subscriber.id or 0] = subscriber
+        for subscriber in touched.values():
+            self.lifecycle.withdraw_unconfirmed(session, subscriber, evidence)
+            session.flush()
+            remaining = session.exec(
+                select(Subscription.id).where(Subscription.subscriber_id == subscriber.id)
+            ).first()
+            if remaining is None:
+                consent.erase_personal_fields(session, subscriber_id=subscriber.id or 0)
+                session.delete(subscriber)
+        session.commit()
+        return len(expired)

@@ -1,0 +1,87 @@
+"""Transactional mails to one person: confirmation, "already subscribed", erasure check.
+
+``SystemMailer.queue`` renders a mail from ``templates/mail/<kind>.txt`` and ``.html`` in the
+person's language and stores it in the ``system_mail`` outbox in the caller's transaction;
+the outbox sender (``subscriptions.outbox``) delivers it afterwards. So the answer to a
+sign-up never waits on SMTP, and a mail is never promised that is not durably queued.
+
+These mails contain nothing the visitor typed except the address itself: a "name" field full
+of spam must never reach the person whose address was entered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP, SMTPUTF8
+from email.utils import format_datetime, make_msgid
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlmodel import Session
+
+from mailer.clock import utcnow
+from subscriptions.i18n import gettext_for
+from subscriptions.models import SystemMail
+from subscriptions.paths import TEMPLATES_DIR
+from subscriptions.registry import ContactPoint, Text
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    name: str
+    address: str
+    base_url: str
+    operator: Text  # the operator's name and contact point, shown in every footer
+    contact: ContactPoint
+
+
+class SystemMailer:
+    def __init__(self, sender: Sender) -> None:
+        self.sender = sender
+        self._env = Environment(
+            loader=FileSystemLoader(TEMPLATES_DIR),
+            undefined=StrictUndefined,
+            autoescape=select_autoescape(["html"]),
+        )
+
+    def render(
+        self, kind: str, *, recipient: str, locale: str, subject: str, **context: Any
+    ) -> bytes:
+        _ = gettext_for(locale)
+        values = {"_": _, "lang": locale, "sender": self.sender, **context}
+        text = self._env.get_template(f"mail/{kind}.txt").render(values)
+        html = self._env.get_template(f"mail/{kind}.html").render(values)
+        message = EmailMessage()
+        local, _at, domain = self.sender.address.rpartition("@")
+        message["From"] = Address(self.sender.name, local, domain)
+        message["To"] = recipient
+        message["Subject"] = _(subject)
+        message["Date"] = format_datetime(utcnow())
+        message["Message-ID"] = make_msgid(domain=domain or None)
+        message["Auto-Submitted"] = "auto-generated"
+        message.set_content(text)
+        message.add_alternative(html, subtype="html")
+        policy = SMTP if recipient.isascii() else SMTPUTF8
+        return message.as_bytes(policy=policy)
+
+    def queue(
+        self,
+        session: Session,
+        kind: str,
+        *,
+        recipient: str,
+        locale: str,
+        subject: str,
+        **context: Any,
+    ) -> SystemMail:
+        mail = SystemMail(
+            recipient=recipient,
+            kind=kind,
+            message=self.render(
+                kind, recipient=recipient, locale=locale, subject=subject, **context
+            ),
+        )
+        session.add(mail)
+        return mail
