@@ -35,6 +35,12 @@ class OutboxSender:
         self.transport = transport
         self.return_path = return_path
         self.wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def nudge(self) -> None:
+        """Wake the loop at once; safe to call from any thread (sync endpoints run in a pool)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.wake.set)
 
     def _due(self) -> list[SystemMail]:
         with Session(self.engine, expire_on_commit=False) as session:
@@ -79,6 +85,7 @@ class OutboxSender:
         return len(mails)
 
     async def run(self, idle_seconds: float = 5.0) -> None:
+        self._loop = asyncio.get_running_loop()
         while True:
             try:
                 if await self.deliver_due() == BATCH:

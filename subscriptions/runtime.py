@@ -88,7 +88,7 @@ class Runtime:
 
     def wake_outbox(self) -> None:
         if self.outbox is not None:
-            self.outbox.wake.set()
+            self.outbox.nudge()
 
     def sync_magazines(self) -> None:
         """Create the registry's magazines that the store lacks, and refresh their texts."""

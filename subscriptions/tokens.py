@@ -14,7 +14,6 @@ import secrets
 from enum import StrEnum
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from itsdangerous.signer import Signer
 
 from subscriptions.errors import BadToken
 
@@ -38,7 +37,6 @@ class LinkSigner:
             action: URLSafeTimedSerializer(
                 secret,
                 salt=f"mailmag/{action.value}/v1",
-                signer=Signer,
                 signer_kwargs={"digest_method": hashlib.sha256},
             )
             for action in Action

@@ -1,0 +1,204 @@
+"""The opt-in store end to end over HTTP, with mail captured by a real SMTP server:
+subscribe, confirm, preferences, export, one-click unsubscribe, erasure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from subscriptions import consent
+from subscriptions.models import (
+    ConsentAction,
+    ConsentChannel,
+    ConsentEvent,
+    ConsentPurpose,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+)
+from subscriptions.runtime import Runtime
+from subscriptions.tokens import Action
+from tests.support.pages import hidden_fields, html_of, link_in, local, page_link, text_of
+from tests.support.smtp import SMTPSink
+
+SPAM_NAME = "WIN A PRIZE http://evil.example/"
+
+
+def subscribe(client: TestClient, email: str, **extra: Any) -> Any:
+    form_page = client.get("/subscribe")
+    assert form_page.status_code == 200
+    data: dict[str, Any] = {
+        **hidden_fields(form_page.text),
+        "email": email,
+        "magazines": ["weekly"],
+    }
+    data.update(extra)
+    return client.post("/subscribe", data=data)
+
+
+def runtime_of(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+def events(engine: Engine) -> list[ConsentEvent]:
+    with Session(engine) as session:
+        return list(session.exec(select(ConsentEvent).order_by(ConsentEvent.seq)).all())  # type: ignore[arg-type]
+
+
+def status_of(engine: Engine, email: str) -> SubscriptionStatus | None:
+    with Session(engine) as session:
+        row = session.exec(
+            select(Subscription.status).join(Subscriber).where(Subscriber.email == email)
+        ).first()
+        return row
+
+
+def test_the_form_shows_the_notice_and_no_ticked_consent(client: TestClient) -> None:
+    page = client.get("/subscribe")
+    assert "Matters to be Indicated When We Collect Personal Information" in page.text
+    assert "Sakura America Inc." in page.text
+    assert " checked" not in page.text
+    assert 'name="joint_use"' in page.text
+    assert 'name="foreign_transfer"' in page.text
+    assert "required" in page.text and "optional" in page.text
+
+
+def test_subscribe_confirm_preferences_export_unsubscribe_erase(
+    client: TestClient, app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    address = "reader@example.org"
+    answer = subscribe(client, address, name=SPAM_NAME, company="Example Co", joint_use="yes")
+    assert answer.status_code == 200
+    assert "Check your inbox" in answer.text
+    assert status_of(engine, address) is SubscriptionStatus.pending
+
+    [received] = smtp_server.wait_for(1)
+    mail = received.message()
+    assert received.rcpt_tos == (address,)
+    assert mail["To"] == address
+    assert SPAM_NAME not in received.data.decode("utf-8", "replace")
+    assert "Example Co" not in text_of(mail) + html_of(mail)
+    confirm_url = link_in(mail, "/confirm/")
+
+    # A scanner following the link changes nothing.
+    page = client.get(local(confirm_url))
+    assert page.status_code == 200
+    assert "Sakura Weekly" in page.text
+    assert status_of(engine, address) is SubscriptionStatus.pending
+
+    confirmed = client.post(local(confirm_url))
+    assert confirmed.status_code == 200
+    assert status_of(engine, address) is SubscriptionStatus.confirmed
+    actions = [(e.purpose, e.action) for e in events(engine)]
+    assert actions == [
+        (ConsentPurpose.magazine, ConsentAction.granted),
+        (ConsentPurpose.joint_use, ConsentAction.granted),
+        (ConsentPurpose.magazine, ConsentAction.confirmed),
+        (ConsentPurpose.joint_use, ConsentAction.confirmed),
+    ]
+    notice_hash = runtime_of(app).optin.notices.current("en").content_hash
+    assert all(e.notice_hash == notice_hash for e in events(engine))
+
+    preferences = page_link(confirmed.text, "/preferences/")
+    prefs_page = client.get(preferences)
+    assert prefs_page.status_code == 200
+    assert address in prefs_page.text
+    assert "Example Co" in prefs_page.text
+
+    exported = client.post(preferences.split("?")[0] + "/export")
+    assert exported.status_code == 200
+    assert exported.headers["content-disposition"].startswith("attachment")
+    data = json.loads(exported.text)
+    assert data["profile"]["email"] == address
+    assert data["profile"]["name"] == SPAM_NAME
+    assert [s["status"] for s in data["subscriptions"]] == ["confirmed"]
+    assert len(data["consent_events"]) == 4
+
+    with Session(engine) as session:
+        subscriber = session.exec(select(Subscriber)).one()
+        unsubscribe_url = runtime_of(app).links.url(Action.unsubscribe, subscriber, "weekly")
+    one_click = client.post(
+        local(unsubscribe_url),
+        content="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert one_click.status_code == 200
+    assert status_of(engine, address) is SubscriptionStatus.unsubscribed
+    last = events(engine)[-1]
+    assert (last.action, last.channel, last.scope) == (
+        ConsentAction.withdrawn,
+        ConsentChannel.one_click,
+        "weekly",
+    )
+
+    asked = client.post(preferences.split("?")[0] + "/erase")
+    assert asked.status_code == 200
+    assert "Check your inbox" in asked.text
+    erase_mail = smtp_server.wait_for(2)[1].message()
+    erase_url = local(link_in(erase_mail, "/erase/"))
+    assert client.get(erase_url).status_code == 200
+    with Session(engine) as session:
+        assert session.exec(select(Subscriber)).first() is not None  # GET deleted nothing
+    erased = client.post(erase_url)
+    assert erased.status_code == 200
+
+    digest = runtime_of(app).optin.hasher.digest(address)
+    with Session(engine) as session:
+        assert session.exec(select(Subscriber)).all() == []
+        assert session.exec(select(Subscription)).all() == []
+        suppression = session.exec(select(Suppression)).one()
+        assert suppression.address_digest == digest
+        assert suppression.reason is SuppressionReason.erasure
+        kept = session.exec(select(ConsentEvent)).all()
+        assert kept, "the ledger keeps its rows"
+        assert all(e.ip is None and e.user_agent is None and e.personal_erased for e in kept)
+        assert all(e.subscriber_id is None and e.subject_digest == digest for e in kept)
+        assert consent.verify(session).ok
+    # Every link of the erased person is dead.
+    assert client.get(preferences).status_code == 400
+
+
+def test_preferences_change_magazines_profile_and_joint_use(
+    client: TestClient, app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    subscribe(client, "pat@example.org", joint_use="yes", foreign_transfer="yes")
+    mail = smtp_server.wait_for(1)[0].message()
+    confirmed = client.post(local(link_in(mail, "/confirm/")))
+    preferences = page_link(confirmed.text, "/preferences/").split("?")[0]
+    foreign = [c.code for c in runtime_of(app).registry.foreign_countries]
+    assert [
+        e.scope
+        for e in events(engine)
+        if e.purpose is ConsentPurpose.foreign_transfer and e.action is ConsentAction.confirmed
+    ] == foreign
+
+    saved = client.post(
+        preferences,
+        data={"magazines": ["events"], "name": "Pat Doe", "joint_use": "yes"},
+        follow_redirects=False,
+    )
+    assert saved.status_code == 303
+    with Session(engine) as session:
+        subscriber = session.exec(select(Subscriber)).one()
+        assert subscriber.name == "Pat Doe"
+        statuses = {s.magazine_id: s.status for s in session.exec(select(Subscription)).all()}
+    assert sorted(statuses.values()) == [
+        SubscriptionStatus.confirmed,
+        SubscriptionStatus.unsubscribed,
+    ]
+    withdrawn = [
+        e.scope
+        for e in events(engine)
+        if e.purpose is ConsentPurpose.foreign_transfer and e.action is ConsentAction.withdrawn
+    ]
+    assert withdrawn == foreign
+    page = client.get(preferences)
+    assert "Your consent history" in page.text
