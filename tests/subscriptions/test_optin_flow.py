@@ -68,7 +68,8 @@ def test_the_form_shows_the_notice_and_no_ticked_consent(client: TestClient) -> 
     assert " checked" not in page.text
     assert 'name="joint_use"' in page.text
     assert 'name="foreign_transfer"' in page.text
-    assert "required" in page.text and "optional" in page.text
+    assert "required" in page.text
+    assert "optional" in page.text
 
 
 def test_subscribe_confirm_preferences_export_unsubscribe_erase(

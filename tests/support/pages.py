@@ -29,7 +29,7 @@ def link_in(message: EmailMessage, path: str) -> str:
     """The one link in the mail's text part whose path starts with ``path``."""
     found = sorted(set(re.findall(rf"https?://[^\s/]+{re.escape(path)}\S+", text_of(message))))
     assert len(found) == 1, f"expected one {path} link, found {found}"
-    return found[0]
+    return str(found[0])
 
 
 def local(url: str) -> str:
