@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from subscriptions import consent
 from subscriptions.models import (
@@ -50,15 +50,15 @@ def runtime_of(app: FastAPI) -> Runtime:
 
 def events(engine: Engine) -> list[ConsentEvent]:
     with Session(engine) as session:
-        return list(session.exec(select(ConsentEvent).order_by(ConsentEvent.seq)).all())  # type: ignore[arg-type]
+        return list(session.exec(select(ConsentEvent).order_by(col(ConsentEvent.seq))).all())
 
 
 def status_of(engine: Engine, email: str) -> SubscriptionStatus | None:
     with Session(engine) as session:
         row = session.exec(
-            select(Subscription.status).join(Subscriber).where(Subscriber.email == email)
+            select(Subscription).join(Subscriber).where(Subscriber.email == email)
         ).first()
-        return row
+    return row.status if row else None
 
 
 def test_the_form_shows_the_notice_and_no_ticked_consent(client: TestClient) -> None:
