@@ -7,6 +7,7 @@ configuration with one line naming the setting, exit status 2, never a traceback
 from __future__ import annotations
 
 import getpass
+import json
 import sys
 from typing import Annotated, NoReturn
 
@@ -17,10 +18,11 @@ from rich.console import Console
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from subscriptions import schema
+from subscriptions import consent, schema
+from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
-from subscriptions.db import check_connection, make_engine
-from subscriptions.errors import ConfigurationError, MailmagError, StoreError
+from subscriptions.db import check_connection, for_writing, make_engine
+from subscriptions.errors import ConfigurationError, InvalidInput, MailmagError, StoreError
 from subscriptions.models import StaffRole, StaffUserCreate
 from subscriptions.settings import Settings, load_settings
 from subscriptions.staff import create_staff_user
@@ -34,6 +36,10 @@ app = typer.Typer(
 )
 admin_app = typer.Typer(help="Staff accounts.", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
+consent_app = typer.Typer(
+    help="The consent ledger: verify it, export evidence.", no_args_is_help=True
+)
+app.add_typer(consent_app, name="consent")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -129,10 +135,47 @@ def admin_create(
     settings = load_settings()
     engine = _connect(settings)
     _require_schema(engine)
-    with Session(engine) as session:
+    with Session(for_writing(engine)) as session:
         user = create_staff_user(session=session, data=data)
         session.commit()
         out.print(f"created {user.role.value} account {user.email}")
+
+
+@consent_app.command("verify")
+def consent_verify() -> None:
+    """Walk the whole consent ledger and prove it intact, or name the first bad row.
+
+    Exit status 0 when intact, 1 when a row was altered, removed, inserted or reordered.
+    """
+    settings = load_settings()
+    engine = _connect(settings)
+    _require_schema(engine)
+    hasher = AddressHasher(settings.resolved_secret())
+    with Session(engine) as session:
+        result = consent.verify(session, digest=hasher.digest)
+    if result.ok:
+        out.print(f"consent ledger intact: {result.checked} rows verified")
+        return
+    err.print(f"consent ledger BROKEN at row {result.seq}: {result.problem}", markup=False)
+    raise typer.Exit(1)
+
+
+@consent_app.command("evidence")
+def consent_evidence(
+    email: Annotated[str, typer.Argument(help="The person's address (also after erasure).")],
+) -> None:
+    """Print, as JSON, every ledger row about one address and the notice texts they cite."""
+    settings = load_settings()
+    engine = _connect(settings)
+    _require_schema(engine)
+    hasher = AddressHasher(settings.resolved_secret())
+    try:
+        address = normalise_address(email)
+    except InvalidInput as exc:
+        _fail(str(exc))
+    with Session(engine) as session:
+        bundle = consent.evidence(session, subject_digest=hasher.digest(address))
+    sys.stdout.write(json.dumps(bundle, ensure_ascii=False, indent=2) + "\n")
 
 
 def main() -> None:

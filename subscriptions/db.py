@@ -2,9 +2,11 @@
 
 SQLite (the embedded default) is opened in WAL mode with ``synchronous=FULL`` so that a
 commit, once acknowledged, survives a power cut (the consent ledger depends on it), with
-foreign keys enforced and a generous busy timeout. Every SQLite transaction starts with
-``BEGIN IMMEDIATE``: a transaction that reads and later writes would otherwise fail with
-"database is locked" when another writer got in between, instead of waiting its turn.
+foreign keys enforced and a generous busy timeout. Transactions are real (a consistent
+snapshot from the first read). Work that writes goes through ``for_writing(engine)``, whose
+transactions start with ``BEGIN IMMEDIATE``: they wait their turn for the write lock up
+front, where a transaction that read first and wrote later would fail with "database is
+locked" when another writer got in between. Reads never block writers (WAL).
 
 PostgreSQL is driven by psycopg 3 with a connection pool sized for a web process plus a
 worker in the same process.
@@ -12,14 +14,11 @@ worker in the same process.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
 
 from subscriptions.errors import StoreError
 
@@ -37,8 +36,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+_BEGIN_OPTION = "mailmag_sqlite_begin"
+
+
 def _sqlite_begin(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def for_writing(engine: Engine) -> Engine:
+    """The same engine, for work that writes: on SQLite it takes the write lock at BEGIN."""
+    return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
 
 
 def make_engine(url: URL | str, **kwargs: Any) -> Engine:
@@ -66,15 +74,3 @@ def check_connection(engine: Engine) -> None:
         orig = getattr(exc, "orig", None)
         reason = str(orig) if orig is not None else str(exc)
         raise StoreError(reason.strip().splitlines()[0]) from None
-
-
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that commits on success and rolls back on error."""
-    with Session(engine, expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise

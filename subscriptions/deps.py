@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlmodel import Session
 
+from subscriptions.db import for_writing
 from subscriptions.runtime import Runtime
 
 
@@ -19,8 +20,15 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_session(runtime: RuntimeDep) -> Iterator[Session]:
-    with Session(runtime.engine, expire_on_commit=False) as session:
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def get_session(runtime: RuntimeDep, request: Request) -> Iterator[Session]:
+    """A session for the request; requests that may write take SQLite's write lock at BEGIN."""
+    engine = runtime.engine
+    if request.method not in READ_ONLY_METHODS:
+        engine = for_writing(engine)
+    with Session(engine, expire_on_commit=False) as session:
         yield session
 
 

@@ -17,6 +17,7 @@ from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
 from mailer.transport import Envelope, Outcome, Transport
+from subscriptions.db import for_writing
 from subscriptions.models import SystemMail, SystemMailStatus
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class OutboxSender:
             )
 
     def _record(self, mail_id: int, outcome: Outcome, reply: str) -> None:
-        with Session(self.engine) as session:
+        with Session(for_writing(self.engine)) as session:
             mail = session.get(SystemMail, mail_id)
             if mail is None or mail.status is not SystemMailStatus.queued:
                 return

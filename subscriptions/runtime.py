@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from mailer.capture import CaptureServer
 from mailer.transport import SMTPTransport, Transport
 from subscriptions.addresses import AddressHasher
+from subscriptions.db import for_writing
 from subscriptions.lifecycle import Lifecycle
 from subscriptions.links import LinkPolicy, Links
 from subscriptions.models import Magazine
@@ -92,7 +93,7 @@ class Runtime:
 
     def sync_magazines(self) -> None:
         """Create the registry's magazines that the store lacks, and refresh their texts."""
-        with Session(self.engine) as session:
+        with Session(for_writing(self.engine)) as session:
             existing = {m.slug: m for m in session.exec(select(Magazine)).all()}
             for entry in self.registry.magazines:
                 magazine = existing.get(entry.slug) or Magazine(slug=entry.slug, title={})

@@ -188,7 +188,8 @@ class SelfService:
                 for sub, magazine in subscriptions
             ],
             "consent_events": [
-                evidence_row(e) for e in consent.history(session, subscriber_id=subscriber.id or 0)
+                consent.evidence_row(e)
+                for e in consent.history(session, subscriber_id=subscriber.id or 0)
             ],
             "deliveries": [
                 {
@@ -221,23 +222,3 @@ class SelfService:
         session.execute(delete(SystemMail).where(col(SystemMail.recipient) == subscriber.email))
         session.delete(subscriber)
         session.commit()
-
-
-def evidence_row(event: ConsentEvent) -> dict[str, Any]:
-    """One ledger row as evidence: everything needed to check its hash by hand."""
-    return {
-        "seq": event.seq,
-        "purpose": event.purpose.value,
-        "scope": event.scope,
-        "action": event.action.value,
-        "channel": event.channel.value,
-        "notice_hash": event.notice_hash,
-        "occurred_at": event.occurred_at.isoformat(timespec="microseconds"),
-        "ip": event.ip,
-        "user_agent": event.user_agent,
-        "personal_erased": event.personal_erased,
-        "personal_digest": event.personal_digest,
-        "subject_digest": event.subject_digest,
-        "prev_hash": event.prev_hash,
-        "row_hash": event.row_hash,
-    }
