@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck unit lock clean
+.PHONY: install run test lint typecheck unit lock clean messages
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,9 @@ lock: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Extract translatable messages and merge them into the catalogs (then translate the new ones).
+messages: install
+	mkdir -p build
+	$(BIN)/pybabel extract -F babel.cfg -k _ -k N_ --no-location --omit-header -o build/messages.pot .
+	$(BIN)/pybabel update -i build/messages.pot -d subscriptions/locale --no-wrap --omit-header

@@ -14,6 +14,7 @@ import hmac
 from email_validator import EmailNotValidError, validate_email
 
 from subscriptions.errors import InvalidInput
+from subscriptions.i18n import N_
 
 MAX_ADDRESS_LENGTH = 320
 
@@ -22,11 +23,11 @@ def normalise_address(raw: str) -> str:
     """The normalised form of ``raw``, or ``InvalidInput`` saying what is wrong with it."""
     candidate = raw.strip()
     if not candidate or len(candidate) > MAX_ADDRESS_LENGTH:
-        raise InvalidInput("email", "enter an e-mail address")
+        raise InvalidInput("email", N_("Enter an e-mail address."))
     try:
         result = validate_email(candidate, check_deliverability=False, allow_smtputf8=True)
-    except EmailNotValidError as exc:
-        raise InvalidInput("email", str(exc)) from None
+    except EmailNotValidError:
+        raise InvalidInput("email", N_("This is not a valid e-mail address.")) from None
     return str(result.normalized)
 
 

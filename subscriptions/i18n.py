@@ -23,6 +23,32 @@ DEFAULT_LOCALE = "en"
 Gettext = Callable[[str], str]
 
 
+def N_(message: str) -> str:  # noqa: N802 (the gettext convention)
+    """Mark a message for extraction where it is written; it is translated where shown."""
+    return message
+
+
+# Labels of the consent ledger's values, as the preferences page shows them.
+CONSENT_LABELS = {
+    "magazine": N_("E-mail magazine"),
+    "joint_use": N_("Joint use"),
+    "foreign_transfer": N_("Transfer abroad"),
+    "granted": N_("Asked for"),
+    "confirmed": N_("Confirmed"),
+    "withdrawn": N_("Withdrawn"),
+    "web_form": N_("Web form"),
+    "api": N_("Web form"),
+    "import": N_("Import"),
+    "staff": N_("By our staff, at your request"),
+    "link": N_("Link in a mail"),
+    "one_click": N_("Unsubscribe button of your mail program"),
+    "mailto": N_("Unsubscribe mail"),
+    "complaint": N_("Spam report"),
+    "erasure": N_("Deletion of your data"),
+    "expiry": N_("Not confirmed in time"),
+}
+
+
 @cache
 def translations(locale: str) -> gettext.NullTranslations:
     path = LOCALE_DIR / locale / "LC_MESSAGES" / "messages.po"

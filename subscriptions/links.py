@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from subscriptions.errors import BadToken
+from subscriptions.i18n import N_
 from subscriptions.models import Subscriber
 from subscriptions.tokens import Action, LinkSigner
 
@@ -62,5 +63,5 @@ class Links:
     def read_form_token(self, token: str) -> str:
         nonce, scope = self.read(Action.form, token)
         if scope or not nonce:
-            raise BadToken("this form is not valid")
+            raise BadToken(N_("This link is not valid."))
         return nonce

@@ -28,6 +28,7 @@ from subscriptions import consent
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.consent import Evidence
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
+from subscriptions.i18n import N_
 from subscriptions.lifecycle import Lifecycle
 from subscriptions.links import Links
 from subscriptions.models import (
@@ -127,26 +128,39 @@ class OptIn:
         magazines = self._magazines(session, request.magazines)
         if request.foreign_transfer and not request.joint_use:
             raise InvalidInput(
-                "foreign_transfer", "transfer abroad can only be agreed together with joint use"
+                "foreign_transfer",
+                N_("Transfer abroad can only be agreed together with joint use."),
             )
         if not self.notices.is_current(request.notice_hash):
             raise InvalidInput(
-                "notice", "the privacy notice has changed since the form was shown: review it"
+                "notice",
+                N_(
+                    "The privacy notice has changed since the form was shown. "
+                    "Please review it and submit again."
+                ),
             )
         nonce = self.links.read_form_token(request.form_token)
-        for limiter, key, what in (
-            (self.per_ip, client.ip or "unknown", "from your network"),
-            (self.per_address, email.lower(), "for this address"),
+        for limiter, key, refusal in (
+            (
+                self.per_ip,
+                client.ip or "unknown",
+                N_("Too many sign-ups from your network. Please try again later."),
+            ),
+            (
+                self.per_address,
+                email.lower(),
+                N_("Too many sign-ups for this address. Please try again later."),
+            ),
         ):
             wait = limiter.check(key)
             if wait is not None:
-                raise RateLimited(f"too many sign-ups {what}; try later", retry_after=int(wait) + 1)
+                raise RateLimited(refusal, retry_after=int(wait) + 1)
 
         try:
             with session.begin_nested():
                 session.add(FormNonce(nonce=nonce))
         except IntegrityError:
-            raise BadToken("this form was already submitted; reload the page") from None
+            raise BadToken(N_("This form was already submitted. Please reload the page.")) from None
 
         notice = record_notice(session, self.notices.current(request.locale))
         evidence = Evidence(channel, client.ip, client.user_agent, notice.content_hash)
@@ -159,12 +173,12 @@ class OptIn:
     def _magazines(self, session: Session, slugs: list[str]) -> list[Magazine]:
         wanted = list(dict.fromkeys(slugs))
         if not wanted:
-            raise InvalidInput("magazines", "choose at least one magazine")
+            raise InvalidInput("magazines", N_("Choose at least one magazine."))
         found = session.exec(
             select(Magazine).where(col(Magazine.slug).in_(wanted)).where(Magazine.active)
         ).all()
         if len(found) != len(wanted):
-            raise InvalidInput("magazines", "one of the chosen magazines does not exist")
+            raise InvalidInput("magazines", N_("One of the chosen magazines does not exist."))
         return sorted(found, key=lambda m: wanted.index(m.slug))
 
     def _subscriber(self, session: Session, email: str, request: SignUpRequest) -> Subscriber:
@@ -233,7 +247,7 @@ class OptIn:
                 "confirm",
                 recipient=subscriber.email,
                 locale=locale,
-                subject="Please confirm your subscription",
+                subject=N_("Please confirm your subscription"),
                 address=subscriber.email,
                 confirm_url=self.links.url(Action.confirm, subscriber, lang=locale),
                 days=self.policy.pending.days,
@@ -244,7 +258,7 @@ class OptIn:
                 "already_subscribed",
                 recipient=subscriber.email,
                 locale=locale,
-                subject="You are already subscribed",
+                subject=N_("You are already subscribed"),
                 address=subscriber.email,
                 preferences_url=self.links.url(Action.preferences, subscriber, lang=locale),
             )
@@ -260,7 +274,7 @@ class OptIn:
         key, scope = self.links.read(action, token)
         subscriber = session.exec(select(Subscriber).where(Subscriber.token_key == key)).first()
         if subscriber is None:
-            raise BadToken("this link is no longer valid")
+            raise BadToken(N_("This link is no longer valid."))
         return subscriber, scope
 
     def pending_titles(self, session: Session, subscriber: Subscriber, locale: str) -> list[str]:

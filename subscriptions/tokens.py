@@ -16,6 +16,7 @@ from enum import StrEnum
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from subscriptions.errors import BadToken
+from subscriptions.i18n import N_
 
 
 class Action(StrEnum):
@@ -49,17 +50,17 @@ class LinkSigner:
     def read(self, action: Action, token: str, *, max_age: int | None = None) -> tuple[str, str]:
         """The (subject, scope) a valid token names; ``BadToken`` otherwise."""
         if not token or len(token) > 512:
-            raise BadToken("malformed token")
+            raise BadToken(N_("This link is not valid."))
         try:
             payload = self._serializers[action].loads(token, max_age=max_age)
         except SignatureExpired:
-            raise BadToken("this link has expired") from None
+            raise BadToken(N_("This link has expired.")) from None
         except (BadSignature, ValueError, TypeError):
-            raise BadToken("this link is not valid") from None
+            raise BadToken(N_("This link is not valid.")) from None
         if (
             not isinstance(payload, list)
             or len(payload) != 2
             or not all(isinstance(part, str) for part in payload)
         ):
-            raise BadToken("this link is not valid")
+            raise BadToken(N_("This link is not valid."))
         return payload[0], payload[1]

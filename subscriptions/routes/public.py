@@ -19,7 +19,7 @@ from sqlmodel import Session
 from subscriptions.consent import Evidence
 from subscriptions.deps import RuntimeDep, SessionDep
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
-from subscriptions.i18n import gettext_for, pick_locale
+from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
 from subscriptions.models import ConsentChannel, Magazine, Subscriber, localised
 from subscriptions.runtime import Runtime
 from subscriptions.subscribing import PROFILE, Client, SignUpRequest
@@ -55,6 +55,7 @@ def page(
         "_": gettext_for(locale),
         "lang": locale,
         "registry": runtime.registry,
+        "consent_labels": CONSENT_LABELS,
         **context,
     }
     response = runtime.templates.TemplateResponse(request, name, values, status_code=status_code)
@@ -465,7 +466,7 @@ def request_erasure(
         "erase",
         recipient=subscriber.email,
         locale=locale,
-        subject="Confirm the deletion of your data",
+        subject=N_("Confirm the deletion of your data"),
         address=subscriber.email,
         erase_url=runtime.links.url(Action.erase, subscriber, lang=locale),
         hours=runtime.settings.erase_link_hours,

@@ -159,7 +159,7 @@ def test_bad_input_is_explained_and_keeps_what_was_typed(
     assert 'value="Keep Me"' in bad_address.text
     no_magazine = client.post("/subscribe", data=form(client, "a@example.org", magazines=[]))
     assert no_magazine.status_code == 422
-    assert "choose at least one magazine" in no_magazine.text
+    assert "Choose at least one magazine" in no_magazine.text
     foreign_alone = subscribe(client, "b@example.org", foreign_transfer="yes")
     assert foreign_alone.status_code == 422
     unknown = client.post("/subscribe", data=form(client, "c@example.org", magazines=["nope"]))
