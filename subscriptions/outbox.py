@@ -37,6 +37,7 @@ class OutboxSender:
         self.return_path = return_path
         self.wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
 
     def nudge(self) -> None:
         """Wake the loop at once; safe to call from any thread (sync endpoints run in a pool)."""
@@ -86,13 +87,21 @@ class OutboxSender:
         return len(mails)
 
     async def run(self, idle_seconds: float = 5.0) -> None:
+        """Deliver until ``stop``; a mail being sent when asked to stop is finished first."""
         self._loop = asyncio.get_running_loop()
-        while True:
+        while not self._stopping:
             try:
                 if await self.deliver_due() == BATCH:
                     continue
             except Exception:  # keep the loop alive; the rows stay queued for the next turn
                 log.exception("outbox delivery failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), idle_seconds)
+                async with asyncio.timeout(idle_seconds):
+                    await self.wake.wait()
             self.wake.clear()
+
+    def stop(self) -> None:
+        # A flag, not Task.cancel(): Python 3.11's wait_for can swallow a cancellation that
+        # races with the event being set, and the loop would never end.
+        self._stopping = True
+        self.nudge()

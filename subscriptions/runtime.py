@@ -33,6 +33,7 @@ from subscriptions.system_mail import Sender, SystemMailer
 from subscriptions.tokens import LinkSigner
 
 HOUR = 3600
+STOP_GRACE_SECONDS = 10
 
 
 @dataclass
@@ -78,11 +79,15 @@ class Runtime:
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
 
     async def stop_loops(self) -> None:
+        if self.outbox is not None:
+            self.outbox.stop()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            try:
+                await asyncio.wait_for(asyncio.shield(task), STOP_GRACE_SECONDS)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._tasks.clear()
         if self.outbox is not None:
             await self.outbox.transport.close()
