@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 
 from mailer.capture import CaptureServer
 from mailer.transport import SMTPTransport, Transport
+from subscriptions import maintenance
 from subscriptions.addresses import AddressHasher
 from subscriptions.db import for_writing
 from subscriptions.lifecycle import Lifecycle
@@ -51,6 +52,7 @@ class Runtime:
     capture: CaptureServer | None = None
     outbox: OutboxSender | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _housekeeping: asyncio.Task[None] | None = None
 
     @property
     def captured_mail_dir(self) -> Path:
@@ -77,8 +79,22 @@ class Runtime:
         """Start the background loops of the web process (the system mail outbox)."""
         self.outbox = OutboxSender(self.engine, self.transport(), self.settings.sender_address)
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        self._housekeeping = asyncio.create_task(
+            maintenance.run_forever(
+                self.engine,
+                self.optin,
+                timedelta(minutes=self.settings.form_token_minutes),
+                every=timedelta(hours=1),
+            ),
+            name="maintenance",
+        )
 
     async def stop_loops(self) -> None:
+        if self._housekeeping is not None:  # idle between turns: cancelling it is safe
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+            self._housekeeping = None
         if self.outbox is not None:
             self.outbox.stop()
         for task in self._tasks:

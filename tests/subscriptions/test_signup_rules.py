@@ -283,3 +283,32 @@ def test_settings_path_is_used_for_the_registry(tmp_path: Path, settings: Settin
 
     with pytest.raises(ConfigurationError, match="MAILMAG_REGISTRY_FILE"):
         create_app(settings.model_copy(update={"registry_file": broken}))
+
+
+def test_maintenance_purges_old_nonces_and_sent_mail_but_not_queued_mail(
+    client: TestClient, app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    from subscriptions import maintenance
+    from subscriptions.models import FormNonce, SystemMailStatus
+
+    subscribe(client, "a@example.org")
+    subscribe(client, "b@example.org")
+    smtp_server.wait_for(2)
+    old = utcnow() - timedelta(days=30)
+    with Session(engine) as session:
+        mails = session.exec(select(SystemMail)).all()
+        for mail in mails:
+            mail.created_at = old
+            session.add(mail)
+        mails[1].status = SystemMailStatus.queued  # still to be sent: must stay
+        mails[1].next_attempt_at = utcnow() + timedelta(days=1)  # (and the outbox waits)
+        for nonce in session.exec(select(FormNonce)).all():
+            nonce.used_at = old
+            session.add(nonce)
+        session.commit()
+    purged = maintenance.run_once(engine, runtime_of(app).optin, timedelta(hours=2))
+    assert (purged.form_nonces, purged.system_mails) == (2, 1)
+    with Session(engine) as session:
+        assert [m.status for m in session.exec(select(SystemMail)).all()] == [
+            SystemMailStatus.queued
+        ]

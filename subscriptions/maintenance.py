@@ -1,0 +1,62 @@
+"""Housekeeping of the opt-in store, run periodically by the web process.
+
+- sign-ups never confirmed within ``MAILMAG_PENDING_DAYS`` are withdrawn and their data purged;
+- used form-token nonces are forgotten once the tokens themselves have expired;
+- system mails (which hold an address) are deleted a week after they were sent or gave up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from mailer.clock import utcnow
+from subscriptions.db import for_writing
+from subscriptions.models import FormNonce, SystemMail, SystemMailStatus
+from subscriptions.subscribing import OptIn
+
+log = logging.getLogger(__name__)
+
+SYSTEM_MAIL_KEPT = timedelta(days=7)
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    expired_signups: int
+    form_nonces: int
+    system_mails: int
+
+
+def run_once(engine: Engine, optin: OptIn, form_token_lifetime: timedelta) -> Purged:
+    now = utcnow()
+    with Session(for_writing(engine)) as session:
+        expired = optin.purge_expired(session)
+    with Session(for_writing(engine)) as session:
+        nonces = session.execute(
+            delete(FormNonce).where(col(FormNonce.used_at) < now - form_token_lifetime)
+        ).rowcount  # type: ignore[attr-defined]
+        mails = session.execute(
+            delete(SystemMail)
+            .where(col(SystemMail.status) != SystemMailStatus.queued)
+            .where(col(SystemMail.created_at) < now - SYSTEM_MAIL_KEPT)
+        ).rowcount  # type: ignore[attr-defined]
+        session.commit()
+    return Purged(expired, int(nonces), int(mails))
+
+
+async def run_forever(
+    engine: Engine, optin: OptIn, form_token_lifetime: timedelta, every: timedelta
+) -> None:
+    while True:
+        try:
+            purged = await asyncio.to_thread(run_once, engine, optin, form_token_lifetime)
+            log.info("maintenance: %s", purged)
+        except Exception:
+            log.exception("maintenance failed; trying again at the next turn")
+        await asyncio.sleep(every.total_seconds())
