@@ -47,7 +47,7 @@ if not CHROMIUM:
         raise RuntimeError("CI must run the browser tests, but no chromium binary was found")
     pytest.skip("no chromium installed (apt-get install chromium)", allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,12 @@ def test_a_person_goes_through_every_self_service_step(
     context = browser.new_context(accept_downloads=True, locale="en-US")
     page = context.new_page()
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def on_dialog(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", on_dialog)
 
     page.goto(f"{base_url}/subscribe")
     expect(page.get_by_role("heading", name="Subscribe to our e-mail magazines")).to_be_visible()
