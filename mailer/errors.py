@@ -3,9 +3,13 @@
 The tree::
 
     MailerError                  anything the sending engine refuses or cannot do
-    └── TransportError           a message could not be handed to the SMTP relay
-        ├── TemporaryFailure     4xx reply, timeout or lost connection: retry later
-        └── PermanentFailure     5xx reply: do not retry this recipient
+    ├── TransportError           a message could not be handed to the SMTP relay
+    │   ├── TemporaryFailure     4xx reply, timeout or lost connection: retry later
+    │   └── PermanentFailure     5xx reply: do not retry this recipient
+    ├── TemplateRefused          an issue template breaks a sandbox or budget rule
+    ├── NotCompliant             a message would lack the footer or headers the law requires
+    ├── HeaderInjection          a header value carries a line break or control character
+    └── InvalidTransition        an issue cannot move from its status to the one asked for
 
 Transports report per-recipient outcomes as values (``SendResult``), not exceptions, so a
 batch never fails as a whole; the exceptions are for callers that send one message and want
@@ -33,3 +37,19 @@ class TemporaryFailure(TransportError):
 
 class PermanentFailure(TransportError):
     """Not worth retrying: the relay answered 5xx for this recipient."""
+
+
+class TemplateRefused(MailerError):
+    """An issue template breaks a rule (unknown name, sandbox escape, too large, too slow)."""
+
+
+class NotCompliant(MailerError):
+    """An issue would go out without what the law requires of every message."""
+
+
+class HeaderInjection(MailerError):
+    """A header value carries a line break or another control character."""
+
+
+class InvalidTransition(MailerError):
+    """An issue cannot go from its current status to the one asked for."""

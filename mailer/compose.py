@@ -1,0 +1,279 @@
+"""Turning an issue into one message per recipient, quickly and lawfully.
+
+``PreparedIssue`` is built once per issue: it renders the marketer's templates in the
+sandbox, wraps the body in mailmag's layout (the footer the law requires: sender, postal
+address, contact for complaints, an unsubscribe link with words saying the reader may
+refuse further mail), inlines the CSS, and cuts the result into segments around the
+per-recipient values. ``message`` then assembles a complete RFC 5322 message as bytes:
+precomputed headers, the recipient's own headers, and both parts as quoted-printable UTF-8.
+Python's ``EmailMessage`` is not used on this path: at ~5 ms per 20 KB message it would be
+most of a send's cost.
+
+Every header value is checked for line breaks and control characters before it is written
+(``safe_header``): the Python this runs on predates the fix for CVE-2024-6923.
+"""
+
+from __future__ import annotations
+
+import binascii
+import html as html_lib
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.header import Header
+from email.utils import formatdate
+from typing import Any
+
+import css_inline
+import html2text
+from jinja2 import Environment
+from markupsafe import Markup
+
+from mailer.audience import Recipient
+from mailer.errors import HeaderInjection, NotCompliant
+from mailer.templating import SLOTTED_CONTEXT, IssueTemplate, SlotText, slot
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CRLF = re.compile(r"\r\n|\r")
+
+
+def safe_header(value: str, what: str) -> str:
+    """``value`` unchanged, or ``HeaderInjection`` if it could break out of its header."""
+    if _UNSAFE.search(value):
+        raise HeaderInjection(f"{what} contains a line break or control character")
+    return value
+
+
+def encode_header(value: str, what: str) -> str:
+    """A header value, RFC 2047-encoded when it is not plain ASCII, folded with CRLF."""
+    safe_header(value, what)
+    if value.isascii() and len(value) < 900:
+        return value
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable UTF-8 with CRLF line ends (dot-stuffing is the transport's job)."""
+    data = _CRLF.sub("\n", text).encode("utf-8")
+    return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class SenderProfile:
+    """Who sends, as the footer and headers show it; built by the composition root."""
+
+    name: str
+    address: str
+    operator: str
+    postal_address: str
+    contact: str
+    bounce_domain: str  # VERP return paths and the unsubscribe mailto live here
+    list_id_domain: str
+
+
+@dataclass(frozen=True, slots=True)
+class IssueContent:
+    issue_id: int
+    subject: str
+    preheader: str
+    html_body: str
+    text_body: str | None
+    locale: str
+    magazine_slug: str
+    magazine_title: str
+
+
+class PreparedIssue:
+    def __init__(
+        self,
+        content: IssueContent,
+        sender: SenderProfile,
+        layout: Environment,
+        gettext: Callable[[str], str],
+    ) -> None:
+        self.content = content
+        self.sender = sender
+        common = {
+            "issue": {"subject": content.subject, "preheader": content.preheader},
+            "magazine": {"title": content.magazine_title},
+        }
+        self.subject = IssueTemplate(content.subject, html=False, common=common, what="subject")
+        self.html = IssueTemplate(content.html_body, html=True, common=common, what="HTML body")
+        self.text = (
+            IssueTemplate(content.text_body, html=False, common=common, what="text body")
+            if content.text_body
+            else None
+        )
+        parts = [self.subject, self.html] + ([self.text] if self.text else [])
+        self.fields = frozenset().union(*(p.analysis.fields for p in parts))
+        self._layout_html = layout.get_template("mail/issue.html")
+        self._layout_text = layout.get_template("mail/issue.txt")
+        self._gettext = gettext
+        # The layout around the body, rendered once with slots for everything per recipient.
+        frame = self._frame(body_html=Markup(slot("body")), body_text=slot("body"))  # noqa: S704
+        self._html_frame = SlotText(frame[0], escape_values=False)
+        self._text_frame = SlotText(frame[1], escape_values=False)
+        self._subject_slots = (
+            SlotText(self.subject.slotted, escape_values=False) if self.subject.slotted else None
+        )
+        self._html_slots = (
+            SlotText(
+                self._inline(self._html_frame.insert({"body": self.html.slotted})),
+                escape_values=True,
+            )
+            if self.html.slotted is not None
+            else None
+        )
+        self._text_slots = self._prepare_text()
+        self._common_headers = self._headers()
+        self._boundary = f"=_mm_{secrets.token_hex(12)}"
+        self.check_compliance()
+
+    # --- preparation -------------------------------------------------------------------------
+
+    def _frame(self, *, body_html: Markup, body_text: str) -> tuple[str, str]:
+        values: dict[str, Any] = {
+            "_": self._gettext,
+            "lang": self.content.locale,
+            "subject": self.content.subject,
+            "preheader": self.content.preheader,
+            "magazine_title": self.content.magazine_title,
+            "sender": self.sender,
+            **SLOTTED_CONTEXT,
+        }
+        html = self._layout_html.render(values, body=body_html)
+        text = self._layout_text.render(values, body=body_text)
+        return html, text
+
+    @staticmethod
+    def _inline(html: str) -> str:
+        return str(css_inline.inline(html))
+
+    @staticmethod
+    def _to_text(html: str) -> str:
+        converter = html2text.HTML2Text()
+        converter.body_width = 0
+        converter.ignore_images = True
+        return str(converter.handle(html)).strip()
+
+    def _prepare_text(self) -> SlotText | None:
+        if self.text is not None:
+            body = self.text.slotted
+        elif self.html.slotted is not None:
+            body = self._to_text(self.html.slotted)
+        else:
+            return None
+        return (
+            None
+            if body is None
+            else SlotText(self._text_frame.insert({"body": body}), escape_values=False)
+        )
+
+    def _headers(self) -> bytes:
+        sender = self.sender
+        slug = safe_header(self.content.magazine_slug, "magazine slug")
+        lines = [
+            f"From: {encode_header(sender.name, 'sender name')} "
+            f"<{safe_header(sender.address, 'sender address')}>",
+            "MIME-Version: 1.0",
+            f"List-Id: {encode_header(self.content.magazine_title, 'magazine title')} "
+            f"<{slug}.{safe_header(sender.list_id_domain, 'list-id domain')}>",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            "Precedence: bulk",
+            f"Feedback-ID: {self.content.issue_id}:{slug}:newsletter:mailmag",
+        ]
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    # --- per recipient -----------------------------------------------------------------------
+
+    @staticmethod
+    def values(recipient: Recipient) -> dict[str, str]:
+        values = {f"subscriber.{k}": v for k, v in recipient.fields.items()}
+        values["unsubscribe_url"] = recipient.unsubscribe_url
+        values["preferences_url"] = recipient.preferences_url
+        return values
+
+    def render(self, recipient: Recipient) -> tuple[str, str, str]:
+        """Subject, HTML and text of one recipient's message."""
+        values = self.values(recipient)
+        subject = (
+            self._subject_slots.fill(values) if self._subject_slots else self.subject.render(values)
+        )
+        if self._html_slots is not None:
+            html = self._html_slots.fill(values)
+        else:
+            html = self._inline(self._html_frame.fill(values | {"body": self.html.render(values)}))
+        if self._text_slots is not None:
+            text = self._text_slots.fill(values)
+        else:
+            body = (
+                self.text.render(values) if self.text else self._to_text(self.html.render(values))
+            )
+            text = self._text_frame.fill(values | {"body": body})
+        return subject.strip(), html, text
+
+    def message(self, recipient: Recipient, token: str, message_id: str | None = None) -> bytes:
+        """The complete message for one recipient, ready for SMTP DATA."""
+        subject, html, text = self.render(recipient)
+        domain = self.sender.bounce_domain
+        address = safe_header(recipient.address, "recipient address")
+        unsubscribe = safe_header(recipient.unsubscribe_url, "unsubscribe URL")
+        message_id = message_id or f"<{token}.{secrets.token_hex(4)}@{domain}>"
+        head = (
+            f"To: {address}\r\n"
+            f"Subject: {encode_header(subject, 'subject')}\r\n"
+            f"Date: {formatdate(usegmt=True)}\r\n"
+            f"Message-ID: {message_id}\r\n"
+            f"List-Unsubscribe: <{unsubscribe}>,\r\n <mailto:unsubscribe+{token}@{domain}>\r\n"
+            f'Content-Type: multipart/alternative; boundary="{self._boundary}"\r\n'
+        ).encode()
+        boundary = self._boundary.encode("ascii")
+        return b"".join(
+            (
+                self._common_headers,
+                head,
+                b"\r\n--",
+                boundary,
+                b'\r\nContent-Type: text/plain; charset="utf-8"\r\n'
+                b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
+                _qp(text),
+                b"\r\n--",
+                boundary,
+                b'\r\nContent-Type: text/html; charset="utf-8"\r\n'
+                b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
+                _qp(html),
+                b"\r\n--",
+                boundary,
+                b"--\r\n",
+            )
+        )
+
+    def return_path(self, token: str) -> str:
+        return f"bounce+{token}@{self.sender.bounce_domain}"
+
+    # --- the law -----------------------------------------------------------------------------
+
+    def check_compliance(self) -> None:
+        """Refuse an issue whose messages would lack the footer the law requires."""
+        sample = Recipient(
+            subscriber_id=0,
+            address="sample@example.invalid",
+            fields=dict.fromkeys(self.fields, "Sample"),
+            unsubscribe_url="https://unsubscribe.example.invalid/u/sample",
+            preferences_url="https://preferences.example.invalid/p/sample",
+        )
+        subject, html, text = self.render(sample)
+        if not subject:
+            raise NotCompliant("the subject is empty")
+        required = {
+            "the sender's name": self.sender.operator,
+            "the postal address": self.sender.postal_address,
+            "a contact for enquiries and complaints": self.sender.contact,
+            "the unsubscribe link": sample.unsubscribe_url,
+        }
+        for part_name, part in (("HTML part", html), ("text part", text)):
+            for what, needle in required.items():
+                if not needle or needle not in html_lib.unescape(part):
+                    raise NotCompliant(f"the {part_name} lacks {what}")

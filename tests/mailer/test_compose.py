@@ -1,0 +1,173 @@
+"""Every message carries the footer and headers the law asks for, parses cleanly, and no
+user-controlled value can add a header."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jinja2 import Environment, FileSystemLoader
+
+from mailer.audience import Recipient
+from mailer.compose import IssueContent, PreparedIssue, SenderProfile
+from mailer.errors import HeaderInjection, NotCompliant, TemplateRefused
+from subscriptions.paths import TEMPLATES_DIR
+
+LAYOUT = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True)
+SENDER = SenderProfile(
+    name="Sakura News",
+    address="news@example.co.jp",
+    operator="Sakura Example Media K.K.",
+    postal_address="1-2-3 Otemachi, Tokyo",
+    contact="privacy@example.co.jp",
+    bounce_domain="bounces.example.co.jp",
+    list_id_domain="lists.example.co.jp",
+)
+RECIPIENT = Recipient(
+    subscriber_id=7,
+    address="reader@example.org",
+    fields={"name": "山田 <花子>"},
+    unsubscribe_url="https://news.example.co.jp/u/TOKEN",
+    preferences_url="https://news.example.co.jp/preferences/PTOKEN",
+)
+
+
+def content(**changes: object) -> IssueContent:
+    values: dict[str, object] = {
+        "issue_id": 42,
+        "subject": "{{ subscriber.name }}さん、今週のニュース",
+        "preheader": "Inside: spring events",
+        "html_body": "<style>h1{color:#c00}</style>"
+        "<h1>Hello {{ subscriber.name }}</h1><p>News.</p>",
+        "text_body": None,
+        "locale": "ja",
+        "magazine_slug": "weekly",
+        "magazine_title": "さくらウィークリー",
+    }
+    values.update(changes)
+    return IssueContent(**values)  # type: ignore[arg-type]
+
+
+def parse(raw: bytes) -> EmailMessage:
+    message = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def test_a_message_has_every_required_header_and_both_parts() -> None:
+    prepared = PreparedIssue(content(), SENDER, LAYOUT, lambda s: s)
+    raw = prepared.message(RECIPIENT, "opaquetoken")
+    message = parse(raw)
+    assert message.defects == []
+    assert message["To"] == "reader@example.org"
+    assert message["Subject"] == "山田 <花子>さん、今週のニュース"
+    assert message["List-Unsubscribe"] == (
+        "<https://news.example.co.jp/u/TOKEN>, "
+        "<mailto:unsubscribe+opaquetoken@bounces.example.co.jp>"
+    )
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["List-Id"] == "さくらウィークリー <weekly.lists.example.co.jp>"
+    assert message["Precedence"] == "bulk"
+    assert message["Feedback-ID"] == "42:weekly:newsletter:mailmag"
+    assert message["Message-ID"].endswith("@bounces.example.co.jp>")
+    assert message["Date"]
+    assert str(message["From"]) == "Sakura News <news@example.co.jp>"
+    html = message.get_body(("html",))
+    text = message.get_body(("plain",))
+    assert isinstance(html, EmailMessage)
+    assert isinstance(text, EmailMessage)
+    html_content, text_content = html.get_content(), text.get_content()
+    for part in (html_content, text_content):
+        assert "Sakura Example Media K.K." in part
+        assert "1-2-3 Otemachi, Tokyo" in part
+        assert "privacy@example.co.jp" in part
+        assert "https://news.example.co.jp/u/TOKEN" in part
+        assert "refuse further mail" in part
+    assert "Hello 山田 &lt;花子&gt;" in html_content
+    assert 'style="color: #c00' in html_content or 'style="color:#c00' in html_content
+    assert "Hello 山田 <花子>" in text_content
+    assert b"\r\n" in raw
+    assert b"\n" not in raw.replace(b"\r\n", b"")
+    assert prepared.return_path("opaquetoken") == "bounce+opaquetoken@bounces.example.co.jp"
+
+
+def test_no_identifier_of_the_person_leaks_into_headers() -> None:
+    raw = PreparedIssue(content(subject="News"), SENDER, LAYOUT, lambda s: s).message(
+        RECIPIENT, "opaquetoken"
+    )
+    head = raw.split(b"\r\n\r\n", 1)[0].decode()
+    assert "7" not in head.replace("2026", "").split("Date:")[0]  # no subscriber id
+    assert head.count("reader@example.org") == 1  # only in To
+
+
+def test_a_full_render_path_gives_the_same_footer() -> None:
+    changes = {
+        "html_body": "{% if subscriber.name %}<p>Dear {{ subscriber.name|upper }}</p>{% endif %}"
+    }
+    prepared = PreparedIssue(content(**changes), SENDER, LAYOUT, lambda s: s)
+    assert not prepared.html.analysis.fast
+    message = parse(prepared.message(RECIPIENT, "t"))
+    html = message.get_body(("html",))
+    assert isinstance(html, EmailMessage)
+    assert "Dear 山田 &lt;花子&gt;" in html.get_content()
+    assert "https://news.example.co.jp/u/TOKEN" in html.get_content()
+
+
+def test_an_issue_without_a_real_sender_address_is_refused() -> None:
+    sender = replace(SENDER, postal_address="")
+    with pytest.raises(NotCompliant, match="postal address"):
+        PreparedIssue(content(), sender, LAYOUT, lambda s: s)
+
+
+def test_a_hostile_template_is_refused_at_preparation() -> None:
+    with pytest.raises(TemplateRefused):
+        PreparedIssue(content(html_body="{{ ''.__class__ }}"), SENDER, LAYOUT, lambda s: s)
+
+
+LINE_BREAKERS = st.sampled_from(["\r", "\n", "\r\n", "\x85", "\u2028", "\u2029", "\x00", "\x0b"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(prefix=st.text(max_size=20), breaker=LINE_BREAKERS, suffix=st.text(max_size=20))
+def test_no_line_break_reaches_a_header(prefix: str, breaker: str, suffix: str) -> None:
+    injected = f"{prefix}{breaker}Bcc: victim@example.com{suffix}"
+    for changes in ({"subject": injected}, {"magazine_title": injected}):
+        try:
+            raw = PreparedIssue(content(**changes), SENDER, LAYOUT, lambda s: s).message(
+                RECIPIENT, "t"
+            )
+        except (HeaderInjection, TemplateRefused, NotCompliant):
+            continue
+        head = raw.split(b"\r\n\r\n", 1)[0]
+        assert b"\nBcc:" not in head
+        assert parse(raw)["Bcc"] is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(max_size=60))
+def test_any_subscriber_name_stays_inside_its_header(name: str) -> None:
+    recipient = Recipient(7, "reader@example.org", {"name": name}, "https://x/u/t", "https://x/p/t")
+    prepared = PreparedIssue(content(), SENDER, LAYOUT, lambda s: s)
+    try:
+        raw = prepared.message(recipient, "t")
+    except HeaderInjection:
+        return
+    message = parse(raw)
+    assert set(message.keys()) == {
+        "From",
+        "MIME-Version",
+        "List-Id",
+        "List-Unsubscribe-Post",
+        "Precedence",
+        "Feedback-ID",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Unsubscribe",
+        "Content-Type",
+    }
