@@ -40,6 +40,9 @@ class Subscriber(SubscriberBase, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)
+    address_digest: str = Field(
+        max_length=64, index=True, description="Keyed hash of the address (suppression joins)."
+    )
     token_key: str = Field(
         default_factory=new_token_key,
         max_length=32,
@@ -253,6 +256,22 @@ class StaffUser(StaffUserBase, table=True):
     password_hash: str = Field(max_length=200)
     active: bool = True
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class StaffToken(SQLModel, table=True):
+    """A personal API token of a staff member; only its SHA-256 is stored."""
+
+    __tablename__ = "staff_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    staff_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("staff_user.id", ondelete="CASCADE"), nullable=False)
+    )
+    token_hash: str = Field(max_length=64, unique=True)
+    label: str = Field(default="", max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class StaffUserCreate(StaffUserBase):

@@ -185,7 +185,9 @@ class OptIn:
         subscriber = session.exec(select(Subscriber).where(Subscriber.email == email)).first()
         profile = {field: getattr(request, field) or None for field in PROFILE}
         if subscriber is None:
-            subscriber = Subscriber(email=email, locale=request.locale)
+            subscriber = Subscriber(
+                email=email, address_digest=self.hasher.digest(email), locale=request.locale
+            )
             for field, value in profile.items():
                 setattr(subscriber, field, value)
             try:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 16:41:44.169658
+Create Date: 2026-11-28 17:27:24.248622
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def upgrade() -> None:
         sa.Column("locale", sa.String(length=8), nullable=False),
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("address_digest", sa.String(length=64), nullable=False),
         sa.Column("token_key", sa.String(length=32), nullable=False),
         sa.Column("notified_at", sa.DateTime(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
@@ -85,6 +86,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("email", name=op.f("uq_subscriber_email")),
         sa.UniqueConstraint("token_key", name=op.f("uq_subscriber_token_key")),
     )
+    with op.batch_alter_table("subscriber", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_subscriber_address_digest"), ["address_digest"], unique=False
+        )
+
     op.create_table(
         "suppression",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -173,6 +179,24 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_issue")),
     )
     op.create_table(
+        "staff_token",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("staff_id", sa.Integer(), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("label", sa.String(length=100), nullable=False),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(), nullable=True),
+        sa.Column("revoked_at", sa.DateTime(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["staff_id"],
+            ["staff_user.id"],
+            name=op.f("fk_staff_token_staff_id_staff_user"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_staff_token")),
+        sa.UniqueConstraint("token_hash", name=op.f("uq_staff_token_token_hash")),
+    )
+    op.create_table(
         "subscription",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("subscriber_id", sa.Integer(), nullable=False),
@@ -257,6 +281,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_subscription_magazine_status")
 
     op.drop_table("subscription")
+    op.drop_table("staff_token")
     op.drop_table("issue")
     with op.batch_alter_table("consent_event", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_consent_event_subscriber_id"))
@@ -268,6 +293,9 @@ def downgrade() -> None:
 
     op.drop_table("system_mail")
     op.drop_table("suppression")
+    with op.batch_alter_table("subscriber", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_subscriber_address_digest"))
+
     op.drop_table("subscriber")
     op.drop_table("staff_user")
     op.drop_table("notice_version")

@@ -28,7 +28,7 @@ def test_sqlite_is_durable_and_enforces_foreign_keys(engine: Engine) -> None:
 
 def test_times_round_trip_as_aware_utc(session: Session) -> None:
     tokyo = timezone(timedelta(hours=9))
-    subscriber = Subscriber(email="a@example.com", created_at=datetime(2026, 1, 1, 9, tzinfo=tokyo))
+    subscriber = Subscriber(email="a@example.com", address_digest="d" * 64, created_at=datetime(2026, 1, 1, 9, tzinfo=tokyo))
     session.add(subscriber)
     session.commit()
     session.expunge_all()
@@ -38,14 +38,14 @@ def test_times_round_trip_as_aware_utc(session: Session) -> None:
 
 
 def test_naive_times_are_refused(session: Session) -> None:
-    session.add(Subscriber(email="a@example.com", created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
+    session.add(Subscriber(email="a@example.com", address_digest="d" * 64, created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
     with pytest.raises(StatementError, match="naive datetime"):
         session.commit()
 
 
 def test_statuses_are_stored_as_their_values_and_read_back_as_enums(session: Session) -> None:
     magazine = Magazine(slug="weekly", title={"en": "Weekly"})
-    subscriber = Subscriber(email="a@example.com")
+    subscriber = Subscriber(email="a@example.com", address_digest="d" * 64)
     session.add_all([magazine, subscriber])
     session.flush()
     assert magazine.id is not None
@@ -66,7 +66,7 @@ def test_statuses_are_stored_as_their_values_and_read_back_as_enums(session: Ses
 
 def test_one_subscription_per_subscriber_and_magazine(session: Session) -> None:
     magazine = Magazine(slug="weekly", title={"en": "Weekly"})
-    subscriber = Subscriber(email="a@example.com")
+    subscriber = Subscriber(email="a@example.com", address_digest="d" * 64)
     session.add_all([magazine, subscriber])
     session.flush()
     assert magazine.id is not None
@@ -85,7 +85,7 @@ def test_one_subscription_per_subscriber_and_magazine(session: Session) -> None:
 
 def test_deleting_a_subscriber_removes_their_subscriptions(session: Session) -> None:
     magazine = Magazine(slug="weekly", title={"en": "Weekly"})
-    subscriber = Subscriber(email="a@example.com")
+    subscriber = Subscriber(email="a@example.com", address_digest="d" * 64)
     session.add_all([magazine, subscriber])
     session.flush()
     assert magazine.id is not None
