@@ -28,7 +28,11 @@ def test_sqlite_is_durable_and_enforces_foreign_keys(engine: Engine) -> None:
 
 def test_times_round_trip_as_aware_utc(session: Session) -> None:
     tokyo = timezone(timedelta(hours=9))
-    subscriber = Subscriber(email="a@example.com", address_digest="d" * 64, created_at=datetime(2026, 1, 1, 9, tzinfo=tokyo))
+    subscriber = Subscriber(
+        email="a@example.com",
+        address_digest="d" * 64,
+        created_at=datetime(2026, 1, 1, 9, tzinfo=tokyo),
+    )
     session.add(subscriber)
     session.commit()
     session.expunge_all()
@@ -38,7 +42,8 @@ def test_times_round_trip_as_aware_utc(session: Session) -> None:
 
 
 def test_naive_times_are_refused(session: Session) -> None:
-    session.add(Subscriber(email="a@example.com", address_digest="d" * 64, created_at=datetime(2026, 1, 1)))  # noqa: DTZ001
+    naive = datetime(2026, 1, 1)  # noqa: DTZ001 (the point of the test)
+    session.add(Subscriber(email="a@example.com", address_digest="d" * 64, created_at=naive))
     with pytest.raises(StatementError, match="naive datetime"):
         session.commit()
 
