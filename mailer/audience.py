@@ -42,6 +42,7 @@ class Audience(Protocol):
         """The recipients among ``subscriber_ids`` who may still be mailed, right now."""
         ...
 
-    def withdrawn_since(self, cursor: int) -> tuple[int, set[int]]:
-        """Subscribers who withdrew or were suppressed after ``cursor``, and the new cursor."""
+    def withdrawn_since(self, cursor: int) -> tuple[int, set[tuple[int, int]]]:
+        """(subscriber id, magazine id) pairs withdrawn after ``cursor``, and the new cursor;
+        a negative cursor asks only for the current position."""
         ...

@@ -20,7 +20,10 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from mailer.transactions import BEGIN_OPTION, for_writing
 from subscriptions.errors import StoreError
+
+__all__ = ["check_connection", "for_writing", "make_engine"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -36,17 +39,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-_BEGIN_OPTION = "mailmag_sqlite_begin"
-
-
 def _sqlite_begin(conn: Any) -> None:
-    mode = conn.get_execution_options().get(_BEGIN_OPTION, "DEFERRED")
+    mode = conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
     conn.exec_driver_sql(f"BEGIN {mode}")
-
-
-def for_writing(engine: Engine) -> Engine:
-    """The same engine, for work that writes: on SQLite it takes the write lock at BEGIN."""
-    return engine.execution_options(**{_BEGIN_OPTION: "IMMEDIATE"})
 
 
 def make_engine(url: URL | str, **kwargs: Any) -> Engine:

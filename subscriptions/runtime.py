@@ -16,8 +16,10 @@ from sqlmodel import Session, select
 
 from mailer.capture import CaptureServer
 from mailer.transport import SMTPTransport, Transport
+from mailer.verp import DeliveryTokens
 from subscriptions import maintenance
 from subscriptions.addresses import AddressHasher
+from subscriptions.audience import SenderIdentity, StoreAudience, StorePreparer
 from subscriptions.db import for_writing
 from subscriptions.lifecycle import Lifecycle
 from subscriptions.links import LinkPolicy, Links
@@ -46,6 +48,9 @@ class Runtime:
     self_service: SelfService
     links: Links
     mailer: SystemMailer
+    audience: StoreAudience
+    preparer: StorePreparer
+    delivery_tokens: DeliveryTokens
     templates: Jinja2Templates = field(
         default_factory=lambda: Jinja2Templates(directory=TEMPLATES_DIR)
     )
@@ -163,6 +168,7 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
             notify_interval=timedelta(hours=settings.notify_interval_hours),
         ),
     )
+    domain = settings.bounce_domain or settings.sender_domain
     return Runtime(
         settings=settings,
         engine=engine,
@@ -171,4 +177,16 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
         self_service=SelfService(lifecycle=lifecycle, hasher=hasher),
         links=links,
         mailer=mailer,
+        audience=StoreAudience(engine, links),
+        preparer=StorePreparer(
+            engine,
+            registry,
+            SenderIdentity(
+                name=settings.sender_name,
+                address=settings.sender_address,
+                bounce_domain=domain,
+                list_id_domain=settings.sender_domain,
+            ),
+        ),
+        delivery_tokens=DeliveryTokens(secret),
     )

@@ -86,6 +86,15 @@ class Settings(BaseSettings):
 
     sender_name: str = "mailmag"
     sender_address: str = "newsletter@localhost"
+    bounce_domain: str | None = Field(
+        default=None,
+        description="Domain of VERP return paths and the unsubscribe mailto; "
+        "unset = the sender address's domain. `mailmag inbound` receives its mail.",
+    )
+    send_rate: Annotated[float, Field(ge=0)] = Field(
+        default=0, description="Messages per second per worker; 0 = as fast as the relay takes."
+    )
+    smtp_pool_size: Annotated[int, Field(ge=1, le=64)] = 8
 
     registry_file: Path | None = Field(
         default=None,
@@ -120,7 +129,7 @@ class Settings(BaseSettings):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return value
 
-    @field_validator("sender_name", "sender_address", "smtp_host")
+    @field_validator("sender_name", "sender_address", "smtp_host", "bounce_domain")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
         if value is not None and any(ord(ch) < 32 or ch == "\x7f" for ch in value):
@@ -153,6 +162,10 @@ class Settings(BaseSettings):
         return url
 
     @property
+    def sender_domain(self) -> str:
+        return self.sender_address.rpartition("@")[2] or "localhost"
+
+    @property
     def captures_mail(self) -> bool:
         """True when no relay is set: outgoing mail goes to the local capture server."""
         return self.smtp_host is None
@@ -165,6 +178,7 @@ class Settings(BaseSettings):
                 port=capture_port or self.capture_smtp_port,
                 tls=TLSMode.none,
                 timeout=self.smtp_timeout,
+                pool_size=self.smtp_pool_size,
             )
         return SMTPRelay(
             host=self.smtp_host,
@@ -173,6 +187,7 @@ class Settings(BaseSettings):
             username=self.smtp_username,
             password=self.smtp_password.get_secret_value() if self.smtp_password else None,
             timeout=self.smtp_timeout,
+            pool_size=self.smtp_pool_size,
         )
 
     def resolved_secret(self) -> bytes:

@@ -1,0 +1,109 @@
+"""The issue state machine: the one module that changes ``Issue.status``.
+
+::
+
+    draft ──schedule──▶ scheduled ──start──▶ sending ──finish──▶ sent
+      │                    │                  │   ▲
+      └───────start────────┼──────────────────┘   │
+                           │            pause ▼   │ resume
+                           │                paused
+      cancel from draft, scheduled, sending or paused ──▶ cancelled
+
+``start`` is called only after the audience was expanded into deliveries, so an issue is
+never "sending" with its recipients still missing; ``finish`` only when none of its
+deliveries is queued, deferred or in flight.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
+
+from mailer.clock import utcnow
+from mailer.errors import InvalidTransition
+from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
+
+S = IssueStatus
+ALLOWED: dict[IssueStatus, frozenset[IssueStatus]] = {
+    S.draft: frozenset({S.scheduled, S.sending, S.cancelled}),
+    S.scheduled: frozenset({S.draft, S.sending, S.cancelled}),
+    S.sending: frozenset({S.paused, S.sent, S.cancelled}),
+    S.paused: frozenset({S.sending, S.cancelled}),
+    S.sent: frozenset(),
+    S.cancelled: frozenset(),
+}
+OUTSTANDING = (DeliveryStatus.queued, DeliveryStatus.deferred, DeliveryStatus.sending)
+
+
+def _move(issue: Issue, target: IssueStatus) -> None:
+    if target not in ALLOWED[issue.status]:
+        raise InvalidTransition(
+            f"issue {issue.id} is {issue.status.value}; it cannot be {target.value}"
+        )
+    issue.status = target
+    issue.updated_at = utcnow()
+
+
+def schedule(session: Session, issue: Issue, at: datetime) -> None:
+    if at.tzinfo is None:
+        raise InvalidTransition("the time to send must carry a time zone")
+    _move(issue, S.scheduled)
+    issue.scheduled_at = at
+    session.add(issue)
+
+
+def unschedule(session: Session, issue: Issue) -> None:
+    _move(issue, S.draft)
+    issue.scheduled_at = None
+    session.add(issue)
+
+
+def start(session: Session, issue: Issue) -> None:
+    """Mark the issue as sending; its deliveries must already be queued."""
+    _move(issue, S.sending)
+    issue.started_at = issue.started_at or utcnow()
+    session.add(issue)
+
+
+def pause(session: Session, issue: Issue) -> None:
+    _move(issue, S.paused)
+    session.add(issue)
+
+
+def resume(session: Session, issue: Issue) -> None:
+    _move(issue, S.sending)
+    session.add(issue)
+
+
+def cancel(session: Session, issue: Issue) -> None:
+    """Cancel: nothing more leaves; deliveries still waiting are skipped."""
+    _move(issue, S.cancelled)
+    issue.finished_at = utcnow()
+    session.add(issue)
+    session.execute(
+        update(Delivery)
+        .where(col(Delivery.issue_id) == issue.id)
+        .where(col(Delivery.status).in_([DeliveryStatus.queued, DeliveryStatus.deferred]))
+        .values(status=DeliveryStatus.skipped, last_reply="issue cancelled")
+    )
+
+
+def finish_if_done(session: Session, issue_id: int) -> bool:
+    """Mark a sending issue sent once nothing is outstanding; True if it was."""
+    issue = session.exec(select(Issue).where(Issue.id == issue_id).with_for_update()).one()
+    if issue.status is not S.sending:
+        return False
+    outstanding = session.exec(
+        select(func.count())
+        .select_from(Delivery)
+        .where(col(Delivery.issue_id) == issue_id)
+        .where(col(Delivery.status).in_(OUTSTANDING))
+    ).one()
+    if outstanding:
+        return False
+    _move(issue, S.sent)
+    issue.finished_at = utcnow()
+    session.add(issue)
+    return True

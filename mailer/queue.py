@@ -1,0 +1,176 @@
+"""The delivery queue: claiming batches under a lease, recording outcomes, progress.
+
+The ``delivery`` row is the checkpoint. A worker claims a batch (status ``sending``, its name
+and a lease, and a bumped ``fence``); on PostgreSQL with ``FOR UPDATE SKIP LOCKED`` so any
+number of workers share the queue, on SQLite inside one ``BEGIN IMMEDIATE`` transaction. A
+row changes again only when the relay's answer for it is known, and only if its fence is
+still the one the worker claimed: a worker whose lease expired and whose rows were claimed
+by another cannot overwrite the new owner's result. Rows of a crashed worker become
+claimable again when their lease runs out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import bindparam, func, text, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from mailer.clock import utcnow
+from mailer.columns import UTCDateTime
+from mailer.models import Delivery, DeliveryStatus, Issue
+from mailer.transactions import for_writing
+
+_CLAIMABLE = """
+    SELECT d.id FROM delivery d JOIN issue i ON i.id = d.issue_id
+    WHERE i.status = 'sending'
+      AND ((d.status IN ('queued', 'deferred') AND d.next_attempt_at <= :now)
+           OR (d.status = 'sending' AND d.lease_until < :now))
+    ORDER BY d.id
+    LIMIT :limit
+"""
+_CLAIM = """
+    UPDATE delivery
+    SET status = 'sending', lease_owner = :worker, lease_until = :until, fence = fence + 1
+    WHERE id IN ({claimable})
+    RETURNING id, issue_id, subscriber_id, fence, attempts
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    delivery_id: int
+    issue_id: int
+    subscriber_id: int | None
+    fence: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The outcome of one claimed delivery, to be recorded if the claim still holds."""
+
+    claim: Claim
+    status: DeliveryStatus
+    code: int | None = None
+    reply: str = ""
+    retry_at: datetime | None = None
+
+
+def claim(engine: Engine, *, worker: str, limit: int, lease: timedelta) -> list[Claim]:
+    now = utcnow()
+    claimable = _CLAIMABLE
+    if engine.dialect.name == "postgresql":
+        claimable += " FOR UPDATE OF d SKIP LOCKED"
+    statement = text(_CLAIM.format(claimable=claimable)).bindparams(
+        bindparam("now", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime())
+    )
+    with for_writing(engine).begin() as conn:
+        rows = conn.execute(
+            statement, {"worker": worker, "until": now + lease, "now": now, "limit": limit}
+        ).all()
+    claims = [Claim(r.id, r.issue_id, r.subscriber_id, r.fence, r.attempts) for r in rows]
+    claims.sort(key=lambda c: c.delivery_id)
+    return claims
+
+
+def record(engine: Engine, results: Sequence[Result]) -> int:
+    """Store outcomes whose claim still holds; return how many were stored."""
+    if not results:
+        return 0
+    now = utcnow()
+    statement = (
+        update(Delivery)
+        .where(col(Delivery.id) == bindparam("b_id"))
+        .where(col(Delivery.fence) == bindparam("b_fence"))
+        .where(col(Delivery.status) == DeliveryStatus.sending)
+        .values(
+            status=bindparam("b_status"),
+            attempts=Delivery.attempts + 1,
+            last_code=bindparam("b_code"),
+            last_reply=bindparam("b_reply"),
+            sent_at=bindparam("b_sent_at", type_=UTCDateTime()),
+            next_attempt_at=bindparam("b_next", type_=UTCDateTime()),
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+    params = [
+        {
+            "b_id": r.claim.delivery_id,
+            "b_fence": r.claim.fence,
+            "b_status": r.status.value,
+            "b_code": r.code,
+            "b_reply": r.reply[:500] if r.reply else None,
+            "b_sent_at": now if r.status is DeliveryStatus.sent else None,
+            "b_next": r.retry_at or now,
+        }
+        for r in results
+    ]
+    with for_writing(engine).begin() as conn:
+        result = conn.execute(statement, params)
+    return int(result.rowcount)
+
+
+def release(engine: Engine, claims: Iterable[Claim]) -> None:
+    """Give claimed rows back untouched (the issue was paused while they waited)."""
+    params = [{"b_id": c.delivery_id, "b_fence": c.fence} for c in claims]
+    if not params:
+        return
+    statement = (
+        update(Delivery)
+        .where(col(Delivery.id) == bindparam("b_id"))
+        .where(col(Delivery.fence) == bindparam("b_fence"))
+        .where(col(Delivery.status) == DeliveryStatus.sending)
+        .values(status=DeliveryStatus.queued, lease_owner=None, lease_until=None)
+    )
+    with for_writing(engine).begin() as conn:
+        conn.execute(statement, params)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    issue_id: int
+    status: str
+    counts: dict[str, int]
+    rate_per_second: float  # messages sent over the last minute
+    expected_finish: datetime | None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def done(self) -> int:
+        return sum(
+            self.counts.get(s.value, 0)
+            for s in (DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.skipped)
+        )
+
+
+def progress(session: Session, issue_id: int) -> Progress | None:
+    issue = session.get(Issue, issue_id)
+    if issue is None:
+        return None
+    rows = session.exec(
+        select(Delivery.status, func.count())
+        .where(Delivery.issue_id == issue_id)
+        .group_by(col(Delivery.status))
+    ).all()
+    counts = {s.value: 0 for s in DeliveryStatus}
+    for status, count in rows:
+        counts[DeliveryStatus(status).value] = int(count)
+    minute_ago = utcnow() - timedelta(seconds=60)
+    recent = session.exec(
+        select(func.count())
+        .select_from(Delivery)
+        .where(Delivery.issue_id == issue_id)
+        .where(col(Delivery.sent_at) >= minute_ago)
+    ).one()
+    rate = recent / 60.0
+    left = counts["queued"] + counts["deferred"] + counts["sending"]
+    finish = utcnow() + timedelta(seconds=left / rate) if rate > 0 and left else None
+    return Progress(issue_id, issue.status.value, counts, rate, finish)

@@ -1,0 +1,236 @@
+"""The delivery worker: claims batches, re-checks each recipient, sends, records.
+
+For each batch: the withdrawal feed is read first, then the audience hands over the
+recipients still eligible (the rest are ``skipped``); right before each SMTP transaction the
+worker checks the issue is still sending (re-read at most every ``status_ttl`` seconds, so a
+pause or cancel stops new transactions within about a second) and that the person has not
+withdrawn since (the feed is re-read at most every ``feed_ttl`` seconds). Outcomes are
+recorded every ``flush_every`` messages, so a killed worker leaves at most that many sent
+but unrecorded messages to be sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from mailer import issues, queue
+from mailer.audience import Audience, IssueAudience, Recipient
+from mailer.clock import utcnow
+from mailer.compose import PreparedIssue
+from mailer.models import DeliveryStatus, Issue, IssueStatus
+from mailer.queue import Claim, Result
+from mailer.throttle import Throttle
+from mailer.transactions import for_writing
+from mailer.transport import Envelope, Outcome, Transport
+from mailer.verp import DeliveryTokens
+
+log = logging.getLogger(__name__)
+
+
+class IssuePreparer(Protocol):
+    """Builds the prepared message of an issue (the composition root implements it)."""
+
+    def prepare(self, issue: Issue) -> tuple[PreparedIssue, IssueAudience]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    batch: int = 200
+    lease: timedelta = timedelta(minutes=5)
+    per_second: float | None = None
+    retry_deadline: timedelta = timedelta(days=3)
+    flush_every: int = 50
+    status_ttl: float = 1.0
+    feed_ttl: float = 0.5
+    idle_seconds: float = 1.0
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+
+def backoff(attempts: int) -> timedelta:
+    """1, 2, 4... minutes, at most an hour between tries."""
+    return timedelta(seconds=min(60 * 2 ** max(attempts, 0), 3600))
+
+
+@dataclass
+class _IssueState:
+    issue: Issue
+    prepared: PreparedIssue
+    audience: IssueAudience
+    checked_at: float
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        engine: Engine,
+        audience: Audience,
+        preparer: IssuePreparer,
+        transport: Transport,
+        tokens: DeliveryTokens,
+        config: WorkerConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engine = engine
+        self.audience = audience
+        self.preparer = preparer
+        self.transport = transport
+        self.tokens = tokens
+        self.config = config or WorkerConfig()
+        self.throttle = Throttle(self.config.per_second)
+        self._clock = clock
+        self._issues: dict[int, _IssueState] = {}
+        self._cursor: int | None = None
+        self._withdrawn: set[tuple[int, int]] = set()
+        self._feed_at = 0.0
+        self._stopping = False
+        self.sent = 0
+
+    # --- checks ------------------------------------------------------------------------------
+
+    def _issue(self, issue_id: int) -> _IssueState:
+        state = self._issues.get(issue_id)
+        now = self._clock()
+        if state is None or now - state.checked_at > self.config.status_ttl:
+            with Session(self.engine, expire_on_commit=False) as session:
+                issue = session.get(Issue, issue_id)
+                assert issue is not None
+            if state is None:
+                prepared, audience = self.preparer.prepare(issue)
+                state = _IssueState(issue, prepared, audience, now)
+                self._issues[issue_id] = state
+            state.issue = issue
+            state.checked_at = now
+        return state
+
+    def _read_feed(self, force: bool = False) -> None:
+        now = self._clock()
+        if not force and now - self._feed_at < self.config.feed_ttl:
+            return
+        if self._cursor is None:
+            self._cursor, _ = self.audience.withdrawn_since(-1)
+        else:
+            self._cursor, withdrawn = self.audience.withdrawn_since(self._cursor)
+            self._withdrawn |= withdrawn
+        self._feed_at = now
+
+    # --- one batch -----------------------------------------------------------------------------
+
+    async def run_once(self) -> int:
+        """Claim and handle one batch; return how many deliveries it held."""
+        claims = await asyncio.to_thread(
+            queue.claim,
+            self.engine,
+            worker=self.config.name,
+            limit=self.config.batch,
+            lease=self.config.lease,
+        )
+        if not claims:
+            return 0
+        await asyncio.to_thread(self._read_feed, True)
+        by_issue: dict[int, list[Claim]] = {}
+        for claim in claims:
+            by_issue.setdefault(claim.issue_id, []).append(claim)
+        for issue_id, issue_claims in by_issue.items():
+            await self._send_issue(issue_id, issue_claims)
+            await asyncio.to_thread(self._finish, issue_id)
+        return len(claims)
+
+    async def _send_issue(self, issue_id: int, claims: list[Claim]) -> None:
+        state = await asyncio.to_thread(self._issue, issue_id)
+        ids = [c.subscriber_id for c in claims if c.subscriber_id is not None]
+        recipients = {
+            r.subscriber_id: r
+            for r in await asyncio.to_thread(self.audience.recipients, state.audience, ids)
+        }
+        results: list[Result] = []
+        pending: list[asyncio.Task[Result | None]] = []
+        for claim in claims:
+            recipient = recipients.get(claim.subscriber_id or -1)
+            if recipient is None:
+                results.append(Result(claim, DeliveryStatus.skipped, reply="no longer eligible"))
+                continue
+            pending.append(asyncio.create_task(self._deliver(claim, recipient)))
+            if len(pending) >= self.config.flush_every:
+                results += [r for r in await asyncio.gather(*pending) if r is not None]
+                pending.clear()
+                await asyncio.to_thread(queue.record, self.engine, results)
+                results = []
+        results += [r for r in await asyncio.gather(*pending) if r is not None]
+        await asyncio.to_thread(queue.record, self.engine, results)
+
+    def _stale(self, issue_id: int) -> bool:
+        state = self._issues.get(issue_id)
+        return state is None or self._clock() - state.checked_at > self.config.status_ttl
+
+    async def _deliver(self, claim: Claim, recipient: Recipient) -> Result | None:
+        await self.throttle.wait()
+        # Cheap checks in the loop; the database only when the cached answer is too old.
+        if self._stale(claim.issue_id):
+            await asyncio.to_thread(self._issue, claim.issue_id)
+        state = self._issues[claim.issue_id]
+        if state.issue.status is IssueStatus.cancelled:
+            return Result(claim, DeliveryStatus.skipped, reply="issue cancelled")
+        if state.issue.status is not IssueStatus.sending:
+            await asyncio.to_thread(queue.release, self.engine, [claim])
+            return None
+        if self._clock() - self._feed_at >= self.config.feed_ttl:
+            await asyncio.to_thread(self._read_feed)
+        if (recipient.subscriber_id, state.audience.magazine_id) in self._withdrawn:
+            return Result(claim, DeliveryStatus.skipped, reply="unsubscribed before sending")
+        token = self.tokens.make(claim.delivery_id)
+        message = state.prepared.message(recipient, token)
+        sent = await self.transport.send(
+            Envelope(state.prepared.return_path(token), recipient.address, message)
+        )
+        if sent.outcome is Outcome.sent:
+            self.sent += 1
+            return Result(claim, DeliveryStatus.sent, sent.code, sent.reply)
+        if sent.outcome is Outcome.failed:
+            return Result(claim, DeliveryStatus.failed, sent.code, sent.reply)
+        return self._deferred(claim, state.issue.started_at, sent.code, sent.reply)
+
+    def _deferred(
+        self, claim: Claim, started: datetime | None, code: int | None, reply: str
+    ) -> Result:
+        retry_at = utcnow() + backoff(claim.attempts)
+        deadline = (started or utcnow()) + self.config.retry_deadline
+        if retry_at > deadline:
+            return Result(
+                claim,
+                DeliveryStatus.failed,
+                code,
+                f"gave up after {claim.attempts + 1} attempts: {reply}",
+            )
+        return Result(claim, DeliveryStatus.deferred, code, reply, retry_at)
+
+    def _finish(self, issue_id: int) -> None:
+        with Session(for_writing(self.engine)) as session:
+            if issues.finish_if_done(session, issue_id):
+                log.info("issue %s sent", issue_id)
+            session.commit()
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                handled = await self.run_once()
+            except Exception:
+                log.exception("delivery batch failed; its rows are retried after the lease")
+                handled = 0
+            if not handled:
+                await asyncio.sleep(self.config.idle_seconds)
+
+    def stop(self) -> None:
+        self._stopping = True

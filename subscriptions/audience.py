@@ -1,0 +1,194 @@
+"""The opt-in store's side of the sending engine's protocols: who may receive an issue.
+
+``StoreAudience`` expands an issue into one delivery per person with a confirmed
+subscription to its magazine whose address is not suppressed (one ``INSERT ... SELECT``,
+idempotent through the unique (issue, subscriber) key), hands the worker a batch's
+recipients re-checked at that moment and cut down to the merge fields the issue uses, and
+reports withdrawals from the consent ledger. ``StorePreparer`` builds an issue's prepared
+message from the store's magazine, the registries and the settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from mailer.audience import IssueAudience, Recipient
+from mailer.clock import utcnow
+from mailer.columns import UTCDateTime
+from mailer.compose import IssueContent, PreparedIssue, SenderProfile
+from mailer.models import Issue
+from mailer.transactions import for_writing
+from subscriptions.i18n import gettext_for
+from subscriptions.links import Links
+from subscriptions.models import (
+    ConsentAction,
+    ConsentEvent,
+    ConsentPurpose,
+    Magazine,
+    Subscriber,
+    localised,
+)
+from subscriptions.paths import TEMPLATES_DIR
+from subscriptions.registry import Registry
+from subscriptions.tokens import Action
+
+_EXPAND = text(
+    """
+    INSERT INTO delivery (issue_id, subscriber_id, status, attempts, next_attempt_at, fence)
+    SELECT :issue_id, s.subscriber_id, 'queued', 0, :now, 0
+    FROM subscription s
+    JOIN subscriber p ON p.id = s.subscriber_id
+    WHERE s.magazine_id = :magazine_id AND s.status = 'confirmed'
+      AND NOT EXISTS (SELECT 1 FROM suppression x WHERE x.address_digest = p.address_digest)
+    ORDER BY s.subscriber_id
+    ON CONFLICT (issue_id, subscriber_id) DO NOTHING
+    """
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+_RECIPIENTS = """
+    SELECT p.id, p.email, p.token_key, p.name, p.company, p.department, p.title
+    FROM subscriber p
+    JOIN subscription s ON s.subscriber_id = p.id
+    WHERE s.magazine_id = :magazine_id AND s.status = 'confirmed'
+      AND p.id IN :ids
+      AND NOT EXISTS (SELECT 1 FROM suppression x WHERE x.address_digest = p.address_digest)
+"""
+_MERGE_FIELDS = ("name", "company", "department", "title", "email")
+
+
+class StoreAudience:
+    def __init__(self, engine: Engine, links: Links) -> None:
+        self.engine = engine
+        self.links = links
+        self._slugs: dict[str, int] = {}
+
+    def expand(self, audience: IssueAudience) -> int:
+        # The statement is parsed in SQLite's "INSERT ... SELECT ... ON CONFLICT" form; the
+        # ORDER BY keeps its grammar unambiguous there and the delivery order stable.
+        with for_writing(self.engine).begin() as conn:
+            result = conn.execute(
+                _EXPAND,
+                {
+                    "issue_id": audience.issue_id,
+                    "magazine_id": audience.magazine_id,
+                    "now": utcnow(),
+                },
+            )
+        return int(result.rowcount)
+
+    def recipients(self, audience: IssueAudience, subscriber_ids: Iterable[int]) -> list[Recipient]:
+        ids = list(subscriber_ids)
+        if not ids:
+            return []
+        statement = text(_RECIPIENTS).bindparams(bindparam("ids", expanding=True))
+        with self.engine.connect() as conn:
+            slug = conn.execute(
+                text("SELECT slug FROM magazine WHERE id = :id"), {"id": audience.magazine_id}
+            ).scalar_one()
+            rows = conn.execute(statement, {"magazine_id": audience.magazine_id, "ids": ids}).all()
+        found = []
+        for row in rows:
+            holder = Subscriber(email=row.email, address_digest="", token_key=row.token_key)
+            values = {
+                "name": row.name,
+                "company": row.company,
+                "department": row.department,
+                "title": row.title,
+                "email": row.email,
+            }
+            found.append(
+                Recipient(
+                    subscriber_id=row.id,
+                    address=row.email,
+                    fields={k: values[k] or "" for k in audience.fields if k in _MERGE_FIELDS},
+                    unsubscribe_url=self.links.url(Action.unsubscribe, holder, slug),
+                    preferences_url=self.links.url(Action.preferences, holder),
+                )
+            )
+        return found
+
+    def withdrawn_since(self, cursor: int) -> tuple[int, set[tuple[int, int]]]:
+        with Session(self.engine) as session:
+            if cursor < 0:
+                latest = session.exec(
+                    select(col(ConsentEvent.seq)).order_by(col(ConsentEvent.seq).desc()).limit(1)
+                ).first()
+                return int(latest or 0), set()
+            rows = session.exec(
+                select(ConsentEvent.seq, ConsentEvent.subscriber_id, ConsentEvent.scope)
+                .where(col(ConsentEvent.seq) > cursor)
+                .where(ConsentEvent.action == ConsentAction.withdrawn)
+                .where(ConsentEvent.purpose == ConsentPurpose.magazine)
+                .order_by(col(ConsentEvent.seq))
+            ).all()
+            latest_seq = session.exec(
+                select(col(ConsentEvent.seq)).order_by(col(ConsentEvent.seq).desc()).limit(1)
+            ).first()
+            if rows and any(scope not in self._slugs for _, _, scope in rows):
+                self._slugs = {m.slug: m.id or 0 for m in session.exec(select(Magazine)).all()}
+        withdrawn = {
+            (subscriber_id, self._slugs.get(scope, 0))
+            for _, subscriber_id, scope in rows
+            if subscriber_id is not None
+        }
+        return int(latest_seq or cursor), withdrawn
+
+
+@dataclass(frozen=True, slots=True)
+class SenderIdentity:
+    name: str
+    address: str
+    bounce_domain: str
+    list_id_domain: str
+
+
+class StorePreparer:
+    """Builds ``PreparedIssue``s from the store, the registries and the sender identity."""
+
+    def __init__(self, engine: Engine, registry: Registry, identity: SenderIdentity) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.identity = identity
+        self.layout = Environment(
+            loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html"])
+        )
+
+    def prepare(self, issue: Issue) -> tuple[PreparedIssue, IssueAudience]:
+        with Session(self.engine) as session:
+            magazine = session.get(Magazine, issue.magazine_id)
+            assert magazine is not None
+            assert issue.id is not None
+        content = IssueContent(
+            issue_id=issue.id,
+            subject=issue.subject,
+            preheader=issue.preheader,
+            html_body=issue.html_body,
+            text_body=issue.text_body,
+            locale=issue.locale,
+            magazine_slug=magazine.slug,
+            magazine_title=localised(magazine.title, issue.locale),
+        )
+        prepared = PreparedIssue(
+            content, self.sender(issue.locale), self.layout, gettext_for(issue.locale)
+        )
+        audience = IssueAudience(issue.id, issue.magazine_id, prepared.fields)
+        return prepared, audience
+
+    def sender(self, locale: str) -> SenderProfile:
+        operator = self.registry.operator
+        contact = self.registry.contact_point
+        return SenderProfile(
+            name=self.identity.name,
+            address=self.identity.address,
+            operator=operator.name(locale),
+            postal_address=operator.postal_address(locale),
+            contact=f"{contact.name(locale)} <{contact.email}> {contact.phone}",
+            bounce_domain=self.identity.bounce_domain,
+            list_id_domain=self.identity.list_id_domain,
+        )

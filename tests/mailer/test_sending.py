@@ -1,0 +1,279 @@
+"""Sending an issue end to end through the real queue, worker and SMTP transport into a
+real SMTP server, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from mailer import issues, queue
+from mailer.errors import InvalidTransition
+from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from mailer.sending import start_issue
+from mailer.transport import SMTPRelay, SMTPTransport
+from mailer.worker import DeliveryWorker, WorkerConfig
+from subscriptions.consent import Evidence
+from subscriptions.db import for_writing
+from subscriptions.models import (
+    ConsentChannel,
+    Magazine,
+    Subscriber,
+    Suppression,
+    SuppressionReason,
+)
+from subscriptions.runtime import Runtime
+from tests.support.smtp import SMTPSink
+
+HTML = "<h1>Hello {{ subscriber.name }}</h1><p>This week's news.</p>"
+
+
+def runtime_of(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+def seed(app: FastAPI, engine: Engine, count: int) -> tuple[int, list[Subscriber]]:
+    """``count`` confirmed subscribers of the 'weekly' magazine and one draft issue."""
+    runtime = runtime_of(app)
+    runtime.sync_magazines()
+    lifecycle = runtime.optin.lifecycle
+    evidence = Evidence(ConsentChannel.web_form, "192.0.2.1", "test", "a" * 64)
+    with Session(for_writing(engine), expire_on_commit=False) as session:
+        weekly = session.exec(select(Magazine).where(Magazine.slug == "weekly")).one()
+        people = []
+        for n in range(count):
+            email = f"reader{n}@example.org"
+            person = Subscriber(
+                email=email,
+                name=f"Reader {n}",
+                company=f"Secret Co {n}",
+                address_digest=runtime.optin.hasher.digest(email),
+            )
+            session.add(person)
+            session.flush()
+            lifecycle.request(session, person, weekly, evidence)
+            lifecycle.confirm(session, person, evidence)
+            people.append(person)
+        issue = Issue(
+            magazine_id=weekly.id or 0, subject="News for {{ subscriber.name }}", html_body=HTML
+        )
+        session.add(issue)
+        session.commit()
+        assert issue.id is not None
+        return issue.id, people
+
+
+def worker_for(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink, **config: object
+) -> DeliveryWorker:
+    runtime = runtime_of(app)
+    transport = SMTPTransport(SMTPRelay(host=smtp_server.host, port=smtp_server.port, pool_size=4))
+    return DeliveryWorker(
+        engine,
+        runtime.audience,
+        runtime.preparer,
+        transport,
+        runtime.delivery_tokens,
+        WorkerConfig(batch=25, **config),  # type: ignore[arg-type]
+    )
+
+
+async def drain(worker: DeliveryWorker) -> None:
+    while await worker.run_once():
+        pass
+    await worker.transport.close()
+
+
+def deliveries(engine: Engine, issue_id: int) -> list[Delivery]:
+    with Session(engine) as session:
+        return list(
+            session.exec(
+                select(Delivery).where(Delivery.issue_id == issue_id).order_by(col(Delivery.id))
+            ).all()
+        )
+
+
+def status_of(engine: Engine, issue_id: int) -> IssueStatus:
+    with Session(engine) as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        return issue.status
+
+
+def parse(raw: bytes) -> EmailMessage:
+    message = message_from_bytes(raw, policy=policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def test_every_subscriber_gets_exactly_one_compliant_message(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 60)
+    runtime = runtime_of(app)
+    assert start_issue(engine, runtime.audience, runtime.preparer, issue_id) == 60
+    assert start_issue(engine, runtime.audience, runtime.preparer, issue_id) == 0  # idempotent
+    worker = worker_for(app, engine, smtp_server)
+    asyncio.run(drain(worker))
+
+    received = smtp_server.received
+    assert sorted(r.rcpt_tos[0] for r in received) == sorted(p.email for p in people)
+    assert all(len(r.rcpt_tos) == 1 for r in received)
+    assert status_of(engine, issue_id) is IssueStatus.sent
+    assert {d.status for d in deliveries(engine, issue_id)} == {DeliveryStatus.sent}
+    for r in received:
+        message = parse(r.data)
+        assert message.defects == []
+        assert message["To"] == r.rcpt_tos[0]
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert "/u/" in message["List-Unsubscribe"]
+        assert r.mail_from.startswith("bounce+")
+        token = r.mail_from.split("+", 1)[1].split("@", 1)[0]
+        assert runtime.delivery_tokens.read(token) is not None
+        raw = r.data.decode("utf-8", "replace")
+        assert "Secret Co" not in raw  # a field the template does not use never leaves
+        number = r.rcpt_tos[0].removeprefix("reader").split("@")[0]
+        assert message["Subject"] == f"News for Reader {number}"
+
+
+def test_smtp_refusals_end_per_recipient(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 6)
+    smtp_server.refuse(people[1].email, "550 5.1.1 No such user")
+    smtp_server.refuse(people[2].email, "451 4.7.1 Greylisted, try later")
+    smtp_server.fail_data("452 4.3.1 Insufficient storage")  # the first DATA
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    by_person = {d.subscriber_id: d for d in deliveries(engine, issue_id)}
+    assert by_person[people[1].id].status is DeliveryStatus.failed
+    assert by_person[people[1].id].last_code == 550
+    assert by_person[people[2].id].status is DeliveryStatus.deferred
+    assert by_person[people[2].id].last_code == 451
+    statuses = [d.status for d in by_person.values()]
+    assert statuses.count(DeliveryStatus.sent) == 3
+    assert statuses.count(DeliveryStatus.deferred) == 2  # greylisted, and the 452 on DATA
+    assert status_of(engine, issue_id) is IssueStatus.sending  # never "sent" with mail unsent
+    assert len(smtp_server.received) == 3
+
+
+def test_deferred_deliveries_are_retried_and_the_issue_then_finishes(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, _people = seed(app, engine, 3)
+    smtp_server.drop_data()
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    assert status_of(engine, issue_id) is IssueStatus.sending
+    with Session(for_writing(engine)) as session:  # the retry falls due
+        for delivery in session.exec(
+            select(Delivery).where(Delivery.status == DeliveryStatus.deferred)
+        ).all():
+            delivery.next_attempt_at = delivery.next_attempt_at.replace(year=2000)
+            session.add(delivery)
+        session.commit()
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    assert status_of(engine, issue_id) is IssueStatus.sent
+    assert len(smtp_server.received) == 3
+
+
+def test_unsubscribed_and_suppressed_people_are_skipped(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 5)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    with Session(for_writing(engine)) as session:  # after queueing, before sending
+        gone = session.get(Subscriber, people[0].id)
+        assert gone is not None
+        runtime.self_service.unsubscribe(session, gone, "", Evidence(ConsentChannel.one_click))
+        session.add(
+            Suppression(address_digest=people[1].address_digest, reason=SuppressionReason.complaint)
+        )
+        session.commit()
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    mailed = {r.rcpt_tos[0] for r in smtp_server.received}
+    assert mailed == {p.email for p in people[2:]}
+    skipped = [d for d in deliveries(engine, issue_id) if d.status is DeliveryStatus.skipped]
+    assert len(skipped) == 2
+    assert status_of(engine, issue_id) is IssueStatus.sent
+
+
+def test_an_unsubscribe_during_a_batch_stops_that_message(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 4)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    worker = worker_for(app, engine, smtp_server, feed_ttl=0.0)
+    original = worker.audience.recipients
+
+    def recipients_then_unsubscribe(audience, ids):  # type: ignore[no-untyped-def]
+        found = original(audience, ids)  # the batch is re-checked: everyone still eligible
+        with Session(for_writing(engine)) as session:  # ...and a moment later one leaves
+            person = session.get(Subscriber, people[3].id)
+            assert person is not None
+            runtime.self_service.unsubscribe(
+                session, person, "weekly", Evidence(ConsentChannel.one_click)
+            )
+        return found
+
+    worker.audience.recipients = recipients_then_unsubscribe  # type: ignore[method-assign]
+    asyncio.run(drain(worker))
+    assert people[3].email not in {r.rcpt_tos[0] for r in smtp_server.received}
+    assert len(smtp_server.received) == 3
+
+
+def test_pause_holds_the_queue_and_cancel_skips_the_rest(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, _people = seed(app, engine, 10)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    with Session(for_writing(engine)) as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        issues.pause(session, issue)
+        session.commit()
+    worker = worker_for(app, engine, smtp_server)
+    assert asyncio.run(worker.run_once()) == 0  # nothing is claimed while paused
+    assert smtp_server.received == []
+    with Session(for_writing(engine)) as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        issues.cancel(session, issue)
+        session.commit()
+    assert {d.status for d in deliveries(engine, issue_id)} == {DeliveryStatus.skipped}
+    with Session(for_writing(engine)) as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        with pytest.raises(InvalidTransition, match="cannot be sending"):
+            issues.resume(session, issue)
+
+
+def test_progress_counts_the_deliveries(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, _people = seed(app, engine, 8)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    with Session(engine) as session:
+        before = queue.progress(session, issue_id)
+    assert before is not None
+    assert before.counts["queued"] == 8
+    assert before.done == 0
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    with Session(engine) as session:
+        after = queue.progress(session, issue_id)
+    assert after is not None
+    assert after.counts["sent"] == 8
+    assert after.status == "sent"
+    assert after.rate_per_second > 0
