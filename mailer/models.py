@@ -12,7 +12,18 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Table,
+    Text,
+    Unicode,
+    UniqueConstraint,
+)
 from sqlmodel import Field, SQLModel
 
 from mailer.clock import utcnow
@@ -88,3 +99,14 @@ class Delivery(SQLModel, table=True):
     last_code: int | None = None
     last_reply: str | None = Field(default=None, max_length=500)
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# APScheduler's SQLAlchemy job store keeps its jobs here. The table is declared (exactly as
+# the job store declares it) so that migrations create it and the drift test knows it.
+apscheduler_jobs = Table(
+    "apscheduler_jobs",
+    SQLModel.metadata,
+    Column("id", Unicode(191), primary_key=True),
+    Column("next_run_time", Float(25), index=True),
+    Column("job_state", LargeBinary, nullable=False),
+)

@@ -12,6 +12,7 @@ but unrecorded messages to be sent again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -94,6 +95,8 @@ class DeliveryWorker:
         self._withdrawn: set[tuple[int, int]] = set()
         self._feed_at = 0.0
         self._stopping = False
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.sent = 0
 
     # --- checks ------------------------------------------------------------------------------
@@ -223,14 +226,26 @@ class DeliveryWorker:
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Work until ``stop``; idle turns wait for ``nudge`` or ``idle_seconds``."""
+        self._loop = asyncio.get_running_loop()
         while not self._stopping:
             try:
                 handled = await self.run_once()
             except Exception:
                 log.exception("delivery batch failed; its rows are retried after the lease")
                 handled = 0
-            if not handled:
-                await asyncio.sleep(self.config.idle_seconds)
+            if not handled and not self._stopping:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.config.idle_seconds):
+                        await self._wake.wait()
+                self._wake.clear()
+        await self.transport.close()
+
+    def nudge(self) -> None:
+        """Look for work at once (an issue started); safe from any thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     def stop(self) -> None:
         self._stopping = True
+        self.nudge()

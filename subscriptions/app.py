@@ -8,6 +8,7 @@ services that ``mailmag serve`` starts beside the web app stop with it.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -15,22 +16,35 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from mailer.api import MarketingServices, marketing_router
 from subscriptions import schema
+from subscriptions.auth import require_roles
 from subscriptions.db import make_engine
+from subscriptions.models import StaffRole
 from subscriptions.routes import captured, health, public
 from subscriptions.runtime import build_runtime
 from subscriptions.settings import Settings
 
+log = logging.getLogger(__name__)
 
-def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
+
+def create_app(
+    settings: Settings, *, engine: Engine | None = None, delivery: bool = True
+) -> FastAPI:
+    """The web app. With ``delivery`` (the default) the process also runs a delivery worker
+    and competes to lead the scheduler, as ``mailmag serve`` does."""
     runtime = build_runtime(settings, engine or make_engine(settings.sqlalchemy_url))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ready = False
         with contextlib.suppress(SQLAlchemyError):  # /readyz reports an unusable database
-            if schema.revision_state(runtime.engine).at_head:
-                runtime.sync_magazines()
-        await runtime.start_loops()
+            ready = schema.revision_state(runtime.engine).at_head
+        if ready:
+            runtime.sync_magazines()
+            await runtime.start_loops(delivery=delivery)
+        else:
+            log.warning("the database is not ready: background work waits for a restart")
         try:
             yield
         finally:
@@ -47,6 +61,18 @@ def create_app(settings: Settings, *, engine: Engine | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(public.router)
     app.include_router(public.api)
+    app.include_router(
+        marketing_router(
+            require_roles(StaffRole.marketer),
+            MarketingServices(
+                engine=runtime.engine,
+                audience=runtime.audience,
+                preparer=runtime.preparer,
+                transport=runtime.transport,
+                on_started=runtime.nudge_worker,
+            ),
+        )
+    )
     if settings.captures_mail:
         app.include_router(captured.router)
     return app

@@ -22,6 +22,7 @@ from mailer.audience import IssueAudience, Recipient
 from mailer.clock import utcnow
 from mailer.columns import UTCDateTime
 from mailer.compose import IssueContent, PreparedIssue, SenderProfile
+from mailer.errors import MailerError
 from mailer.models import Issue
 from mailer.transactions import for_writing
 from subscriptions.i18n import gettext_for
@@ -162,10 +163,10 @@ class StorePreparer:
     def prepare(self, issue: Issue) -> tuple[PreparedIssue, IssueAudience]:
         with Session(self.engine) as session:
             magazine = session.get(Magazine, issue.magazine_id)
-            assert magazine is not None
-            assert issue.id is not None
+        if magazine is None:
+            raise MailerError(f"there is no magazine {issue.magazine_id}")
         content = IssueContent(
-            issue_id=issue.id,
+            issue_id=issue.id or 0,
             subject=issue.subject,
             preheader=issue.preheader,
             html_body=issue.html_body,
@@ -177,7 +178,7 @@ class StorePreparer:
         prepared = PreparedIssue(
             content, self.sender(issue.locale), self.layout, gettext_for(issue.locale)
         )
-        audience = IssueAudience(issue.id, issue.magazine_id, prepared.fields)
+        audience = IssueAudience(issue.id or 0, issue.magazine_id, prepared.fields)
         return prepared, audience
 
     def sender(self, locale: str) -> SenderProfile:

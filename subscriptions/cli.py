@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import json
 import sys
+from datetime import timedelta
 from typing import Annotated, NoReturn
 
 import typer
@@ -16,16 +17,18 @@ import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
+from mailer.clock import utcnow
 from subscriptions import consent, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
+from subscriptions.auth import issue_token
 from subscriptions.db import check_connection, for_writing, make_engine
 from subscriptions.errors import ConfigurationError, InvalidInput, MailmagError, StoreError
-from subscriptions.models import StaffRole, StaffUserCreate
+from subscriptions.models import StaffRole, StaffUser, StaffUserCreate
 from subscriptions.settings import Settings, load_settings
-from subscriptions.staff import create_staff_user
+from subscriptions.staff import create_staff_user, normalise_staff_email
 
 app = typer.Typer(
     name="mailmag",
@@ -139,6 +142,28 @@ def admin_create(
         user = create_staff_user(session=session, data=data)
         session.commit()
         out.print(f"created {user.role.value} account {user.email}")
+
+
+@admin_app.command("token")
+def admin_token(
+    email: Annotated[str, typer.Option(help="The staff member the token acts for.")],
+    label: Annotated[str, typer.Option(help="What the token is for.")] = "",
+    days: Annotated[int, typer.Option(help="Days until it expires (0: never).", min=0)] = 90,
+) -> None:
+    """Create a personal API token for the JSON API; it is shown once, store it safely."""
+    settings = load_settings()
+    engine = _connect(settings)
+    _require_schema(engine)
+    with Session(for_writing(engine)) as session:
+        user = session.exec(
+            select(StaffUser).where(StaffUser.email == normalise_staff_email(email))
+        ).first()
+        if user is None or not user.active:
+            _fail(f"no active staff account {email}")
+        expires = utcnow() + timedelta(days=days) if days else None
+        token = issue_token(session, user, label=label, expires_at=expires)
+        session.commit()
+    sys.stdout.write(token + "\n")
 
 
 @consent_app.command("verify")

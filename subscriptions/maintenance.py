@@ -1,4 +1,4 @@
-"""Housekeeping of the opt-in store, run periodically by the web process.
+"""Housekeeping of the opt-in store, run hourly by the scheduler's leader.
 
 - sign-ups never confirmed within ``MAILMAG_PENDING_DAYS`` are withdrawn and their data purged;
 - used form-token nonces are forgotten once the tokens themselves have expired;
@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
@@ -48,15 +47,3 @@ def run_once(engine: Engine, optin: OptIn, form_token_lifetime: timedelta) -> Pu
         ).rowcount  # type: ignore[attr-defined]
         session.commit()
     return Purged(expired, int(nonces), int(mails))
-
-
-async def run_forever(
-    engine: Engine, optin: OptIn, form_token_lifetime: timedelta, every: timedelta
-) -> None:
-    while True:
-        try:
-            purged = await asyncio.to_thread(run_once, engine, optin, form_token_lifetime)
-            log.info("maintenance: %s", purged)
-        except Exception:
-            log.exception("maintenance failed; trying again at the next turn")
-        await asyncio.sleep(every.total_seconds())

@@ -15,8 +15,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from mailer.capture import CaptureServer
+from mailer.scheduler import Scheduler
+from mailer.sending import start_issue
 from mailer.transport import SMTPTransport, Transport
 from mailer.verp import DeliveryTokens
+from mailer.worker import DeliveryWorker, WorkerConfig
 from subscriptions import maintenance
 from subscriptions.addresses import AddressHasher
 from subscriptions.audience import SenderIdentity, StoreAudience, StorePreparer
@@ -56,8 +59,9 @@ class Runtime:
     )
     capture: CaptureServer | None = None
     outbox: OutboxSender | None = None
+    worker: DeliveryWorker | None = None
+    scheduler: Scheduler | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _housekeeping: asyncio.Task[None] | None = None
 
     @property
     def captured_mail_dir(self) -> Path:
@@ -80,26 +84,50 @@ class Runtime:
         capture_port = self.capture.port if self.capture is not None else None
         return SMTPTransport(self.settings.smtp_relay(capture_port=capture_port))
 
-    async def start_loops(self) -> None:
-        """Start the background loops of the web process (the system mail outbox)."""
-        self.outbox = OutboxSender(self.engine, self.transport(), self.settings.sender_address)
-        self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
-        self._housekeeping = asyncio.create_task(
-            maintenance.run_forever(
-                self.engine,
-                self.optin,
-                timedelta(minutes=self.settings.form_token_minutes),
-                every=timedelta(hours=1),
-            ),
-            name="maintenance",
+    def delivery_worker(self) -> DeliveryWorker:
+        return DeliveryWorker(
+            self.engine,
+            self.audience,
+            self.preparer,
+            self.transport(),
+            self.delivery_tokens,
+            WorkerConfig(per_second=self.settings.send_rate or None),
         )
 
+    def start_issue(self, issue_id: int) -> int:
+        return start_issue(self.engine, self.audience, self.preparer, issue_id)
+
+    def nudge_worker(self) -> None:
+        if self.worker is not None:
+            self.worker.nudge()
+
+    def housekeeping(self) -> None:
+        maintenance.run_once(
+            self.engine, self.optin, timedelta(minutes=self.settings.form_token_minutes)
+        )
+
+    async def start_loops(self, *, delivery: bool = True) -> None:
+        """Start the loops of the process: the system-mail outbox always; with ``delivery``
+        also a delivery worker and the scheduler (which runs only while this process leads)."""
+        self.outbox = OutboxSender(self.engine, self.transport(), self.settings.sender_address)
+        self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
+        if delivery:
+            self.worker = self.delivery_worker()
+            self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery"))
+            self.scheduler = Scheduler(
+                self.engine,
+                self.start_issue,
+                housekeeping=self.housekeeping,
+                on_started=self.nudge_worker,
+            )
+            self.scheduler.start()
+
     async def stop_loops(self) -> None:
-        if self._housekeeping is not None:  # idle between turns: cancelling it is safe
-            self._housekeeping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeping
-            self._housekeeping = None
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+            self.scheduler = None
+        if self.worker is not None:
+            self.worker.stop()
         if self.outbox is not None:
             self.outbox.stop()
         for task in self._tasks:

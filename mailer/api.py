@@ -1,0 +1,300 @@
+"""The marketing API: write issues, preview them, test-send, schedule, watch them go out.
+
+``marketing_router`` is built by the composition root with the dependency that admits staff
+(authorization is the opt-in store's business) and the services the routes use. Templates
+are checked when an issue is saved: a template that breaks the sandbox's rules, or an issue
+whose messages would lack the legally required footer, is refused with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from email_validator import EmailNotValidError, validate_email
+from fastapi import APIRouter, Depends, HTTPException, status
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from mailer import issues, queue
+from mailer.audience import Audience, Recipient
+from mailer.errors import InvalidTransition, MailerError
+from mailer.models import Issue, IssueBase, IssueStatus
+from mailer.sending import start_issue
+from mailer.transactions import for_writing
+from mailer.transport import Envelope, Outcome, Transport
+from mailer.worker import IssuePreparer
+
+Locale = Literal["en", "ja"]
+
+
+class IssueCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    magazine_id: int
+    subject: str = Field(min_length=1, max_length=300)
+    preheader: str = Field(default="", max_length=300)
+    html_body: str = Field(min_length=1, max_length=200_000)
+    text_body: str | None = Field(default=None, max_length=200_000)
+    locale: Locale = "en"
+
+
+class IssueUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: str | None = Field(default=None, min_length=1, max_length=300)
+    preheader: str | None = Field(default=None, max_length=300)
+    html_body: str | None = Field(default=None, min_length=1, max_length=200_000)
+    text_body: str | None = Field(default=None, max_length=200_000)
+    locale: Locale | None = None
+
+
+class IssuePublic(IssueBase):
+    id: int
+    magazine_id: int
+    status: IssueStatus
+    scheduled_at: datetime | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    merge_fields: list[str] = Field(default_factory=list)
+
+
+class SampleFields(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="Hanako Yamada", max_length=200)
+    company: str = Field(default="Example K.K.", max_length=200)
+    department: str = Field(default="Marketing", max_length=200)
+    title: str = Field(default="Manager", max_length=200)
+    email: str = Field(default="hanako@example.com", max_length=320)
+
+
+class Preview(BaseModel):
+    subject: str
+    html: str
+    text: str
+
+
+class TestSend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    addresses: list[Annotated[str, Field(max_length=320)]] = Field(min_length=1, max_length=10)
+    sample: SampleFields = SampleFields()
+
+
+class TestSendResult(BaseModel):
+    results: dict[str, str]
+
+
+class ScheduleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    at: AwareDatetime
+
+
+class IssueProgress(BaseModel):
+    issue_id: int
+    status: str
+    counts: dict[str, int]
+    total: int
+    done: int
+    percent: float
+    rate_per_second: float
+    expected_finish: datetime | None
+
+
+@dataclass
+class MarketingServices:
+    engine: Engine
+    audience: Audience
+    preparer: IssuePreparer
+    transport: Callable[[], Transport]
+    on_scheduled: Callable[[int, datetime], None] = lambda _issue, _at: None
+    on_started: Callable[[], None] = lambda: None
+
+
+def _public(issue: Issue, fields: frozenset[str] = frozenset()) -> IssuePublic:
+    return IssuePublic.model_validate({**issue.model_dump(), "merge_fields": sorted(fields)})
+
+
+def marketing_router(authorize: Callable[..., Any], services: MarketingServices) -> APIRouter:
+    router = APIRouter(prefix="/api/v1/issues", tags=["issues"], dependencies=[Depends(authorize)])
+    engine = services.engine
+
+    def load(session: Session, issue_id: int) -> Issue:
+        issue = session.get(Issue, issue_id)
+        if issue is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such issue")
+        return issue
+
+    def checked(issue: Issue) -> frozenset[str]:
+        try:
+            prepared, _audience = services.preparer.prepare(issue)
+        except MailerError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        return prepared.fields
+
+    def transition(issue_id: int, move: Callable[[Session, Issue], None]) -> IssuePublic:
+        with Session(for_writing(engine), expire_on_commit=False) as session:
+            issue = load(session, issue_id)
+            try:
+                move(session, issue)
+            except InvalidTransition as exc:
+                raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+            session.commit()
+            return _public(issue)
+
+    @router.post("", status_code=status.HTTP_201_CREATED)
+    def create_issue(data: IssueCreate) -> IssuePublic:
+        """Save a draft; its templates are checked now, not at send time."""
+        issue = Issue.model_validate(data.model_dump())
+        fields = checked(issue)
+        with Session(for_writing(engine), expire_on_commit=False) as session:
+            session.add(issue)
+            session.commit()
+        return _public(issue, fields)
+
+    @router.get("")
+    def list_issues(limit: Annotated[int, Field(ge=1, le=200)] = 50) -> list[IssuePublic]:
+        with Session(engine) as session:
+            rows = session.exec(select(Issue).order_by(col(Issue.id).desc()).limit(limit)).all()
+            return [_public(i) for i in rows]
+
+    @router.get("/{issue_id}")
+    def get_issue(issue_id: int) -> IssuePublic:
+        with Session(engine) as session:
+            return _public(load(session, issue_id))
+
+    @router.patch("/{issue_id}")
+    def update_issue(issue_id: int, data: IssueUpdate) -> IssuePublic:
+        """Change a draft (a scheduled issue goes back to draft first)."""
+        with Session(for_writing(engine), expire_on_commit=False) as session:
+            issue = load(session, issue_id)
+            if issue.status is not IssueStatus.draft:
+                raise HTTPException(status.HTTP_409_CONFLICT, "only a draft can be changed")
+            for key, value in data.model_dump(exclude_unset=True).items():
+                setattr(issue, key, value)
+            fields = checked(issue)
+            session.add(issue)
+            session.commit()
+            return _public(issue, fields)
+
+    @router.post("/{issue_id}/preview")
+    def preview(issue_id: int, sample: SampleFields | None = None) -> Preview:
+        """The message as a sample subscriber would see it."""
+        with Session(engine) as session:
+            issue = load(session, issue_id)
+        try:
+            prepared, _audience = services.preparer.prepare(issue)
+            subject, html, text = prepared.render(_sample(sample or SampleFields(), "preview"))
+        except MailerError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        return Preview(subject=subject, html=html, text=text)
+
+    @router.post("/{issue_id}/test-send")
+    async def test_send(issue_id: int, data: TestSend) -> TestSendResult:
+        """Send the issue, with sample values and inert links, to up to ten addresses."""
+        addresses = []
+        for raw in data.addresses:
+            try:
+                addresses.append(str(validate_email(raw, check_deliverability=False).normalized))
+            except EmailNotValidError as exc:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT, f"{raw}: {exc}"
+                ) from None
+        with Session(engine) as session:
+            issue = load(session, issue_id)
+        try:
+            prepared, _audience = services.preparer.prepare(issue)
+        except MailerError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        transport = services.transport()
+        results: dict[str, str] = {}
+        try:
+            for address in addresses:
+                recipient = _sample(data.sample, "test-send", address)
+                message = prepared.message(recipient, "testsend")
+                sent = await transport.send(
+                    Envelope(prepared.return_path("testsend"), address, message)
+                )
+                results[address] = (
+                    sent.outcome.value
+                    if sent.outcome is Outcome.sent
+                    else (f"{sent.outcome.value}: {sent.code} {sent.reply}".strip())
+                )
+        finally:
+            await transport.close()
+        return TestSendResult(results=results)
+
+    @router.post("/{issue_id}/schedule")
+    def schedule(issue_id: int, data: ScheduleRequest) -> IssuePublic:
+        """Send at a time-zone-aware moment (stored in UTC)."""
+        with Session(engine) as session:
+            checked(load(session, issue_id))
+        public = transition(issue_id, lambda s, i: issues.schedule(s, i, data.at))
+        services.on_scheduled(issue_id, data.at)
+        return public
+
+    @router.post("/{issue_id}/unschedule")
+    def unschedule(issue_id: int) -> IssuePublic:
+        return transition(issue_id, issues.unschedule)
+
+    @router.post("/{issue_id}/send-now")
+    def send_now(issue_id: int) -> IssuePublic:
+        try:
+            start_issue(engine, services.audience, services.preparer, issue_id)
+        except InvalidTransition as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        except MailerError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        services.on_started()
+        with Session(engine) as session:
+            return _public(load(session, issue_id))
+
+    @router.post("/{issue_id}/pause")
+    def pause(issue_id: int) -> IssuePublic:
+        return transition(issue_id, issues.pause)
+
+    @router.post("/{issue_id}/resume")
+    def resume(issue_id: int) -> IssuePublic:
+        public = transition(issue_id, issues.resume)
+        services.on_started()
+        return public
+
+    @router.post("/{issue_id}/cancel")
+    def cancel(issue_id: int) -> IssuePublic:
+        return transition(issue_id, issues.cancel)
+
+    @router.get("/{issue_id}/status")
+    def issue_status(issue_id: int) -> IssueProgress:
+        """Counts per delivery state, the current rate and the expected finish."""
+        with Session(engine) as session:
+            found = queue.progress(session, issue_id)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such issue")
+        return IssueProgress(
+            issue_id=found.issue_id,
+            status=found.status,
+            counts=found.counts,
+            total=found.total,
+            done=found.done,
+            percent=round(100 * found.done / found.total, 1) if found.total else 100.0,
+            rate_per_second=round(found.rate_per_second, 2),
+            expected_finish=found.expected_finish,
+        )
+
+    return router
+
+
+def _sample(sample: SampleFields, kind: str, address: str | None = None) -> Recipient:
+    return Recipient(
+        subscriber_id=0,
+        address=address or sample.email,
+        fields=sample.model_dump(),
+        unsubscribe_url=f"https://example.invalid/{kind}/unsubscribe",
+        preferences_url=f"https://example.invalid/{kind}/preferences",
+    )
