@@ -277,3 +277,4 @@ class PreparedIssue:
             for what, needle in required.items():
                 if not needle or needle not in html_lib.unescape(part):
                     raise NotCompliant(f"the {part_name} lacks {what}")
+        self.message(sample, "compliancecheck")  # every header value checked too

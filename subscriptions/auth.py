@@ -18,7 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session, select
 
 from mailer.clock import utcnow
-from subscriptions.deps import SessionDep
+from subscriptions.deps import RuntimeDep
 from subscriptions.models import StaffRole, StaffToken, StaffUser
 
 TOKEN_PREFIX = "mm_"  # noqa: S105 (a prefix, not a secret)
@@ -65,10 +65,15 @@ def require_roles(*roles: StaffRole) -> Callable[..., StaffUser]:
     allowed = set(roles) | {StaffRole.admin}
 
     def dependency(
-        session: SessionDep,
+        runtime: RuntimeDep,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> StaffUser:
-        user = staff_for_token(session, credentials.credentials) if credentials else None
+        # A short read of its own: a request-long session would hold SQLite's write lock
+        # (non-GET requests take it at BEGIN) while the route's own work waits for it.
+        user = None
+        if credentials is not None:
+            with Session(runtime.engine, expire_on_commit=False) as session:
+                user = staff_for_token(session, credentials.credentials)
         if user is None:
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,

@@ -6,9 +6,12 @@ configuration with one line naming the setting, exit status 2, never a traceback
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import json
+import signal
 import sys
+from dataclasses import replace
 from datetime import timedelta
 from typing import Annotated, NoReturn
 
@@ -16,10 +19,15 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from mailer import queue
 from mailer.clock import utcnow
+from mailer.errors import MailerError
+from mailer.queue import Progress
 from subscriptions import consent, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
@@ -27,6 +35,7 @@ from subscriptions.auth import issue_token
 from subscriptions.db import check_connection, for_writing, make_engine
 from subscriptions.errors import ConfigurationError, InvalidInput, MailmagError, StoreError
 from subscriptions.models import StaffRole, StaffUser, StaffUserCreate
+from subscriptions.runtime import Runtime, build_runtime
 from subscriptions.settings import Settings, load_settings
 from subscriptions.staff import create_staff_user, normalise_staff_email
 
@@ -112,6 +121,84 @@ def serve(
             f"see http://{listen_host}:{listen_port}/_mail"
         )
     uvicorn.run(web, host=listen_host, port=listen_port, log_level="warning")
+
+
+def _runtime(settings: Settings) -> Runtime:
+    engine = _connect(settings)
+    _require_schema(engine)
+    return build_runtime(settings, engine)
+
+
+@app.command()
+def worker(
+    batch: Annotated[int, typer.Option(help="Deliveries claimed at a time.", min=1)] = 200,
+) -> None:
+    """Run a delivery worker only: claim queued deliveries and send them until stopped.
+
+    Any number of workers may share one PostgreSQL database; stop one with SIGTERM or
+    Ctrl-C and it finishes the message in hand first.
+    """
+    settings = load_settings()
+    runtime = _runtime(settings)
+    delivery = runtime.delivery_worker()
+    delivery.config = replace(delivery.config, batch=batch)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, delivery.stop)
+        out.print(f"delivery worker {delivery.config.name} started")
+        await delivery.run()
+
+    asyncio.run(main())
+    out.print(f"delivery worker stopped after {delivery.sent} messages")
+
+
+@app.command()
+def send(
+    issue_id: Annotated[int, typer.Argument(help="The issue to send.")],
+) -> None:
+    """Start an issue (unless it is already sending) and send it from this process, with a
+    progress bar, until nothing is left to send now."""
+    settings = load_settings()
+    runtime = _runtime(settings)
+    try:
+        queued = runtime.start_issue(issue_id)
+    except MailerError as exc:
+        _fail(str(exc))
+    delivery = runtime.delivery_worker()
+    out.print(f"issue {issue_id}: {queued} recipients queued now")
+
+    async def main() -> Progress | None:
+        with RichProgress(
+            TextColumn("[bold]issue {task.fields[issue]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]:.0f}/s"),
+            TimeRemainingColumn(),
+            console=out,
+        ) as bar:
+            task = bar.add_task("send", total=None, issue=issue_id, rate=0.0)
+            while True:
+                handled = await delivery.run_once()
+                with Session(runtime.engine) as session:
+                    found = queue.progress(session, issue_id)
+                if found is None:
+                    return None
+                bar.update(
+                    task, total=found.total, completed=found.done, rate=found.rate_per_second
+                )
+                if not handled:
+                    await delivery.transport.close()
+                    return found
+
+    found = asyncio.run(main())
+    if found is None:
+        _fail(f"there is no issue {issue_id}")
+    counts = ", ".join(f"{k} {v}" for k, v in found.counts.items() if v)
+    out.print(f"issue {issue_id} is {found.status}: {counts or 'no recipients'}")
+    if found.counts.get("deferred"):
+        out.print("deferred deliveries are retried later by `mailmag serve` or `mailmag worker`")
 
 
 @admin_app.command("create")
