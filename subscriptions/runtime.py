@@ -91,7 +91,10 @@ class Runtime:
             self.preparer,
             self.transport(),
             self.delivery_tokens,
-            WorkerConfig(per_second=self.settings.send_rate or None),
+            WorkerConfig(
+                per_second=self.settings.send_rate or None,
+                lease=timedelta(seconds=self.settings.delivery_lease_seconds),
+            ),
         )
 
     def start_issue(self, issue_id: int) -> int:

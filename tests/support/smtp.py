@@ -7,6 +7,7 @@ commands (``fail_data``, ``drop_data``), so a test states exactly which transact
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -54,6 +55,8 @@ class _Handler:
             return "421 dropped"  # never reaches the client: the connection is gone
         if action is not None:
             return action
+        if self.sink.delay:
+            await asyncio.sleep(self.sink.delay)
         with self.sink.lock:
             self.sink.received.append(
                 Received(envelope.mail_from, tuple(envelope.rcpt_tos), envelope.original_content)
@@ -71,6 +74,7 @@ class SMTPSink:
         self.received: list[Received] = []
         self.rcpt_replies: dict[str, str] = {}
         self.data_script: deque[str] = deque()
+        self.delay = 0.0  # seconds to wait before accepting each message
         self._controller = Controller(_Handler(self), hostname=LOOPBACK, port=self.port)
 
     def start(self) -> None:
