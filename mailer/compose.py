@@ -32,6 +32,7 @@ from markupsafe import Markup
 
 from mailer.audience import Recipient
 from mailer.errors import HeaderInjection, NotCompliant
+from mailer.signing import DKIMSigner
 from mailer.templating import SLOTTED_CONTEXT, IssueTemplate, SlotText, slot
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
@@ -92,9 +93,11 @@ class PreparedIssue:
         sender: SenderProfile,
         layout: Environment,
         gettext: Callable[[str], str],
+        signer: DKIMSigner | None = None,
     ) -> None:
         self.content = content
         self.sender = sender
+        self.signer = signer
         common = {
             "issue": {"subject": content.subject, "preheader": content.preheader},
             "magazine": {"title": content.magazine_title},
@@ -230,7 +233,7 @@ class PreparedIssue:
             f'Content-Type: multipart/alternative; boundary="{self._boundary}"\r\n'
         ).encode()
         boundary = self._boundary.encode("ascii")
-        return b"".join(
+        message = b"".join(
             (
                 self._common_headers,
                 head,
@@ -249,6 +252,7 @@ class PreparedIssue:
                 b"--\r\n",
             )
         )
+        return self.signer.sign(message) if self.signer else message
 
     def return_path(self, token: str) -> str:
         return f"bounce+{token}@{self.sender.bounce_domain}"

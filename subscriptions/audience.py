@@ -24,6 +24,7 @@ from mailer.columns import UTCDateTime
 from mailer.compose import IssueContent, PreparedIssue, SenderProfile
 from mailer.errors import MailerError
 from mailer.models import Issue
+from mailer.signing import DKIMSigner
 from mailer.transactions import for_writing
 from subscriptions.i18n import gettext_for
 from subscriptions.links import Links
@@ -152,8 +153,15 @@ class SenderIdentity:
 class StorePreparer:
     """Builds ``PreparedIssue``s from the store, the registries and the sender identity."""
 
-    def __init__(self, engine: Engine, registry: Registry, identity: SenderIdentity) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        identity: SenderIdentity,
+        signer: DKIMSigner | None = None,
+    ) -> None:
         self.engine = engine
+        self.signer = signer
         self.registry = registry
         self.identity = identity
         self.layout = Environment(
@@ -176,7 +184,11 @@ class StorePreparer:
             magazine_title=localised(magazine.title, issue.locale),
         )
         prepared = PreparedIssue(
-            content, self.sender(issue.locale), self.layout, gettext_for(issue.locale)
+            content,
+            self.sender(issue.locale),
+            self.layout,
+            gettext_for(issue.locale),
+            self.signer,
         )
         audience = IssueAudience(issue.id or 0, issue.magazine_id, prepared.fields)
         return prepared, audience

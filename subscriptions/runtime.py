@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from mailer.capture import CaptureServer
 from mailer.scheduler import Scheduler
 from mailer.sending import start_issue
+from mailer.signing import DKIMSigner
 from mailer.transport import SMTPTransport, Transport
 from mailer.verp import DeliveryTokens
 from mailer.worker import DeliveryWorker, WorkerConfig
@@ -24,6 +25,7 @@ from subscriptions import maintenance
 from subscriptions.addresses import AddressHasher
 from subscriptions.audience import SenderIdentity, StoreAudience, StorePreparer
 from subscriptions.db import for_writing
+from subscriptions.errors import ConfigurationError
 from subscriptions.lifecycle import Lifecycle
 from subscriptions.links import LinkPolicy, Links
 from subscriptions.models import Magazine
@@ -161,6 +163,20 @@ class Runtime:
             session.commit()
 
 
+def dkim_signer(settings: Settings) -> DKIMSigner | None:
+    if settings.dkim_private_key_file is None:
+        return None
+    try:
+        key = settings.dkim_private_key_file.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"MAILMAG_DKIM_PRIVATE_KEY_FILE: cannot read it: {exc}") from None
+    return DKIMSigner(
+        domain=settings.dkim_domain or settings.sender_domain,
+        selector=settings.dkim_selector,
+        private_key=key,
+    )
+
+
 def build_runtime(settings: Settings, engine: Engine) -> Runtime:
     secret = settings.resolved_secret()
     registry = load_registry(settings.registry_file)
@@ -218,6 +234,7 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
                 bounce_domain=domain,
                 list_id_domain=settings.sender_domain,
             ),
+            dkim_signer(settings),
         ),
         delivery_tokens=DeliveryTokens(secret),
     )

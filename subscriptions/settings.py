@@ -95,6 +95,11 @@ class Settings(BaseSettings):
         default=0, description="Messages per second per worker; 0 = as fast as the relay takes."
     )
     smtp_pool_size: Annotated[int, Field(ge=1, le=64)] = 8
+    dkim_private_key_file: Path | None = Field(
+        default=None, description="PEM RSA key; when set, every issue message is DKIM-signed."
+    )
+    dkim_selector: str = "mailmag"
+    dkim_domain: str | None = Field(default=None, description="Unset = the sender's domain.")
     delivery_lease_seconds: Annotated[int, Field(ge=1, le=86400)] = Field(
         default=300,
         description="How long a worker's claim on a batch lasts; a crashed worker's "

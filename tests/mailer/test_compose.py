@@ -171,3 +171,39 @@ def test_any_subscriber_name_stays_inside_its_header(name: str) -> None:
         "List-Unsubscribe",
         "Content-Type",
     }
+
+
+def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers() -> None:
+    import base64
+
+    import dkim
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from mailer.signing import DKIMSigner
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+    signer = DKIMSigner(domain="example.co.jp", selector="mm", private_key=pem)
+    raw = PreparedIssue(content(), SENDER, LAYOUT, lambda s: s, signer).message(RECIPIENT, "t")
+    assert raw.startswith(b"DKIM-Signature:")
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"mm._domainkey.example.co.jp."
+        return record
+
+    assert dkim.verify(raw, dnsfunc=dns)
+    signed = parse(raw)["DKIM-Signature"].replace(" ", "").replace("\r\n", "")
+    assert "list-unsubscribe:list-unsubscribe-post" in signed.lower()
+    tampered = raw.replace(
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: nothing"
+    )
+    assert not dkim.verify(tampered, dnsfunc=dns)
