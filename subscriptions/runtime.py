@@ -96,6 +96,7 @@ class Runtime:
             WorkerConfig(
                 per_second=self.settings.send_rate or None,
                 lease=timedelta(seconds=self.settings.delivery_lease_seconds),
+                retry_deadline=timedelta(days=self.settings.retry_days),
             ),
         )
 

@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     )
     dkim_selector: str = "mailmag"
     dkim_domain: str | None = Field(default=None, description="Unset = the sender's domain.")
+    retry_days: Annotated[float, Field(gt=0, le=30)] = Field(
+        default=3, description="Deferred deliveries are retried this long, then failed."
+    )
     delivery_lease_seconds: Annotated[int, Field(ge=1, le=86400)] = Field(
         default=300,
         description="How long a worker's claim on a batch lasts; a crashed worker's "

@@ -195,3 +195,31 @@ def test_transitions_that_make_no_sense_are_refused(
     )
     assert changed.status_code == 409
     assert client.get("/api/v1/issues/4242", headers=marketer).status_code == 404
+
+
+def test_a_hostile_template_slipped_into_the_store_is_refused_at_preview_and_send(
+    client: TestClient,
+    app: FastAPI,
+    engine: Engine,
+    marketer: dict[str, str],
+    smtp_server: SMTPSink,
+) -> None:
+    magazine_id = weekly_with_readers(app, engine, 2)
+    with Session(for_writing(engine)) as session:  # behind the API's back
+        issue = Issue(
+            magazine_id=magazine_id,
+            subject="x",
+            html_body="{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+        )
+        session.add(issue)
+        session.commit()
+        issue_id = issue.id
+    assert client.post(f"/api/v1/issues/{issue_id}/preview", headers=marketer).status_code == 422
+    assert client.post(f"/api/v1/issues/{issue_id}/send-now", headers=marketer).status_code == 422
+    tested = client.post(
+        f"/api/v1/issues/{issue_id}/test-send",
+        json={"addresses": ["qa@example.com"]},
+        headers=marketer,
+    )
+    assert tested.status_code == 422
+    assert smtp_server.received == []

@@ -277,3 +277,40 @@ def test_progress_counts_the_deliveries(
     assert after.counts["sent"] == 8
     assert after.status == "sent"
     assert after.rate_per_second > 0
+
+
+def test_pause_stops_new_transactions_within_two_seconds(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    import threading
+    import time as clock
+
+    issue_id, _people = seed(app, engine, 120)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    smtp_server.delay = 0.02  # about 200 messages a second through 4 connections
+    worker = worker_for(app, engine, smtp_server)
+    paused_at: list[float] = []
+
+    def pause_soon() -> None:
+        smtp_server.wait_for(20)
+        with Session(for_writing(engine)) as session:
+            issue = session.get(Issue, issue_id)
+            assert issue is not None
+            issues.pause(session, issue)
+            session.commit()
+        paused_at.append(clock.monotonic())
+
+    pauser = threading.Thread(target=pause_soon)
+    pauser.start()
+    asyncio.run(drain(worker))
+    pauser.join()
+    after = len(smtp_server.received)
+    clock.sleep(0.5)
+    assert len(smtp_server.received) == after  # nothing more leaves while paused
+    assert after < 120
+    # what the worker still sent after the pause fits in the time it may take to notice
+    assert (after - 20) <= 2.0 * 200
+    assert status_of(engine, issue_id) is IssueStatus.paused
+    outstanding = [d for d in deliveries(engine, issue_id) if d.status is DeliveryStatus.queued]
+    assert len(outstanding) == 120 - after  # the rest is back in the queue, untouched

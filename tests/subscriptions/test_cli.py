@@ -142,3 +142,58 @@ def test_serve_runs_on_embedded_defaults_and_shows_captured_mail(
     assert listing.status_code == 200
     assert "日本語の件名" in listing.text
     assert "reader@example.org" in listing.text
+
+
+def test_send_command_sends_an_issue_with_a_progress_bar(tmp_path: Path) -> None:
+    from sqlmodel import Session, select
+
+    from mailer.models import Issue
+    from subscriptions.addresses import AddressHasher
+    from subscriptions.consent import Evidence
+    from subscriptions.db import for_writing, make_engine
+    from subscriptions.lifecycle import Lifecycle
+    from subscriptions.models import ConsentChannel, Magazine, Subscriber
+    from tests.conftest import TEST_SECRET
+    from tests.support.smtp import SMTPSink
+
+    sink = SMTPSink()
+    sink.start()
+    env = {
+        "MAILMAG_SECRET_KEY": TEST_SECRET,
+        "MAILMAG_SMTP_HOST": "127.0.0.1",
+        "MAILMAG_SMTP_PORT": str(sink.port),
+        "MAILMAG_SMTP_TLS": "none",
+        "MAILMAG_SENDER_ADDRESS": "news@example.com",
+    }
+    try:
+        assert run(["migrate"], tmp_path, env).returncode == 0
+        engine = make_engine(f"sqlite:///{tmp_path}/mailmag.db")
+        hasher = AddressHasher(TEST_SECRET.encode())
+        lifecycle = Lifecycle(hasher)
+        evidence = Evidence(ConsentChannel.import_)
+        with Session(for_writing(engine)) as session:
+            weekly = Magazine(slug="weekly", title={"en": "Weekly"})
+            session.add(weekly)
+            for n in range(5):
+                person = Subscriber(
+                    email=f"cli{n}@example.org", address_digest=hasher.digest(f"cli{n}@example.org")
+                )
+                session.add(person)
+                session.flush()
+                lifecycle.request(session, person, weekly, evidence)
+                lifecycle.confirm(session, person, evidence)
+            session.add(Issue(magazine_id=1, subject="CLI news", html_body="<p>Hello</p>"))
+            session.commit()
+        result = run(["send", "1"], tmp_path, env)
+        assert result.returncode == 0, result.stderr
+        assert "5 recipients queued" in result.stdout
+        assert "issue 1 is sent: sent 5" in result.stdout
+        assert len(sink.received) == 5
+        with Session(engine) as session:
+            assert session.exec(select(Issue)).one().status.value == "sent"
+        engine.dispose()
+        missing = run(["send", "99"], tmp_path, env)
+        assert missing.returncode == 2
+        assert "no issue 99" in missing.stderr
+    finally:
+        sink.stop()
