@@ -20,6 +20,7 @@ from mailer.api import MarketingServices, marketing_router
 from subscriptions import schema
 from subscriptions.auth import require_roles
 from subscriptions.db import make_engine
+from subscriptions.errors import BadToken
 from subscriptions.models import StaffRole
 from subscriptions.routes import captured, health, public
 from subscriptions.runtime import build_runtime
@@ -58,6 +59,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.add_exception_handler(BadToken, public.bad_link)
     app.include_router(health.router)
     app.include_router(public.router)
     app.include_router(public.api)

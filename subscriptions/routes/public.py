@@ -14,13 +14,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ValidationError
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from subscriptions.consent import Evidence
 from subscriptions.deps import RuntimeDep, SessionDep
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
-from subscriptions.models import ConsentChannel, Magazine, Subscriber, localised
+from subscriptions.models import ConsentChannel, Magazine, localised
 from subscriptions.runtime import Runtime
 from subscriptions.subscribing import PROFILE, Client, SignUpRequest
 from subscriptions.tokens import Action
@@ -83,7 +83,11 @@ def message(
     )
 
 
-def bad_link(runtime: Runtime, request: Request, locale: str, error: BadToken) -> Response:
+def bad_link(request: Request, error: Exception) -> Response:
+    """The page for a forged, expired or misused link (installed as the BadToken handler,
+    so routes simply let ``BadToken`` propagate)."""
+    runtime: Runtime = request.app.state.runtime
+    locale = locale_of(request, request.query_params.get("lang"))
     _ = gettext_for(locale)
     return message(
         runtime,
@@ -99,8 +103,6 @@ def bad_link(runtime: Runtime, request: Request, locale: str, error: BadToken) -
 
 
 def _magazines(session: Session) -> list[Magazine]:
-    from sqlmodel import col, select
-
     return list(session.exec(select(Magazine).where(Magazine.active).order_by(col(Magazine.id))))
 
 
@@ -311,10 +313,7 @@ def confirm_page(
     token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
 ) -> Response:
     locale = locale_of(request, lang)
-    try:
-        subscriber, _scope = runtime.optin.subscriber_for(session, Action.confirm, token)
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+    subscriber, _scope = runtime.optin.subscriber_for(session, Action.confirm, token)
     return page(
         runtime,
         request,
@@ -333,10 +332,7 @@ def confirm_submit(
 ) -> Response:
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
-    try:
-        subscriber = runtime.optin.confirm(session, token, client_of(request))
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+    subscriber = runtime.optin.confirm(session, token, client_of(request))
     return message(
         runtime,
         request,
@@ -351,12 +347,6 @@ def confirm_submit(
 # --- preferences, export, erasure ------------------------------------------------------------
 
 
-def _subscriber(
-    runtime: Runtime, session: Session, action: Action, token: str
-) -> tuple[Subscriber, str]:
-    return runtime.optin.subscriber_for(session, action, token)
-
-
 @router.get("/preferences/{token}", response_class=HTMLResponse)
 def preferences_page(
     token: Token,
@@ -367,10 +357,7 @@ def preferences_page(
     saved: bool = False,
 ) -> Response:
     locale = locale_of(request, lang)
-    try:
-        subscriber, _scope = _subscriber(runtime, session, Action.preferences, token)
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+    subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
     view = runtime.self_service.view(session, subscriber, locale)
     return page(
         runtime,
@@ -394,10 +381,7 @@ async def preferences_submit(
     token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
 ) -> Response:
     locale = locale_of(request, lang)
-    try:
-        subscriber, _scope = _subscriber(runtime, session, Action.preferences, token)
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+    subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
     form = await request.form()
     profile: dict[str, str | None] = {}
     for field in PROFILE:
@@ -432,14 +416,8 @@ async def preferences_submit(
 
 
 @router.post("/preferences/{token}/export")
-def export_data(
-    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
-) -> Response:
-    locale = locale_of(request, lang)
-    try:
-        subscriber, _scope = _subscriber(runtime, session, Action.preferences, token)
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+def export_data(token: Token, runtime: RuntimeDep, session: SessionDep) -> Response:
+    subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
     data = runtime.self_service.export(session, subscriber)
     return Response(
         json.dumps(data, ensure_ascii=False, indent=2),
@@ -457,10 +435,7 @@ def request_erasure(
 ) -> Response:
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
-    try:
-        subscriber, _scope = _subscriber(runtime, session, Action.preferences, token)
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+    subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
     runtime.mailer.queue(
         session,
         "erase",
@@ -490,10 +465,7 @@ def erase_page(
     token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
 ) -> Response:
     locale = locale_of(request, lang)
-    try:
-        subscriber, _scope = _subscriber(runtime, session, Action.erase, token)
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+    subscriber, _scope = runtime.optin.subscriber_for(session, Action.erase, token)
     return page(runtime, request, "pages/erase.html", locale, {"address": subscriber.email})
 
 
@@ -503,10 +475,7 @@ def erase_submit(
 ) -> Response:
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
-    try:
-        subscriber, _scope = _subscriber(runtime, session, Action.erase, token)
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+    subscriber, _scope = runtime.optin.subscriber_for(session, Action.erase, token)
     client = client_of(request)
     runtime.self_service.erase(
         session, subscriber, Evidence(ConsentChannel.erasure, client.ip, client.user_agent)
@@ -531,10 +500,7 @@ def unsubscribe_page(
     token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
 ) -> Response:
     locale = locale_of(request, lang)
-    try:
-        subscriber, scope = _subscriber(runtime, session, Action.unsubscribe, token)
-    except BadToken as exc:
-        return bad_link(runtime, request, locale, exc)
+    subscriber, scope = runtime.optin.subscriber_for(session, Action.unsubscribe, token)
     magazine = _magazine_title(session, scope, locale)
     return page(
         runtime,
@@ -546,8 +512,6 @@ def unsubscribe_page(
 
 
 def _magazine_title(session: Session, scope: str, locale: str) -> str | None:
-    from sqlmodel import select
-
     if not scope:
         return None
     magazine = session.exec(select(Magazine).where(Magazine.slug == scope)).first()
@@ -567,11 +531,11 @@ def unsubscribe_submit(
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
     try:
-        subscriber, scope = _subscriber(runtime, session, Action.unsubscribe, token)
+        subscriber, scope = runtime.optin.subscriber_for(session, Action.unsubscribe, token)
     except BadToken as exc:
-        if one_click is not None:
-            return Response(str(exc), status_code=400, media_type="text/plain")
-        return bad_link(runtime, request, locale, exc)
+        if one_click is None:
+            raise
+        return Response(str(exc), status_code=400, media_type="text/plain")
     client = client_of(request)
     channel = ConsentChannel.one_click if one_click == "One-Click" else ConsentChannel.link
     runtime.self_service.unsubscribe(

@@ -12,7 +12,14 @@ from mailer.worker import DeliveryWorker, WorkerConfig, backoff
 
 def test_backoff_doubles_from_a_minute_to_an_hour() -> None:
     assert [backoff(n).total_seconds() for n in range(8)] == [
-        60, 120, 240, 480, 960, 1920, 3600, 3600,
+        60,
+        120,
+        240,
+        480,
+        960,
+        1920,
+        3600,
+        3600,
     ]
 
 
