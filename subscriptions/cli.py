@@ -11,6 +11,7 @@ import getpass
 import json
 import signal
 import sys
+import threading
 from dataclasses import replace
 from datetime import timedelta
 from typing import Annotated, NoReturn
@@ -27,6 +28,7 @@ from sqlmodel import Session, select
 from mailer import queue
 from mailer.clock import utcnow
 from mailer.errors import MailerError
+from mailer.inbound import inbound_server
 from mailer.queue import Progress
 from subscriptions import consent, schema
 from subscriptions.addresses import AddressHasher, normalise_address
@@ -152,6 +154,37 @@ def worker(
 
     asyncio.run(main())
     out.print(f"delivery worker stopped after {delivery.sent} messages")
+
+
+@app.command()
+def inbound(
+    host: Annotated[str | None, typer.Option(help="Listen address (MAILMAG_INBOUND_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port (MAILMAG_INBOUND_PORT).")] = None,
+) -> None:
+    """Receive bounces, complaints and unsubscribe mails for the bounce domain (SMTP).
+
+    Point the MX of MAILMAG_BOUNCE_DOMAIN here (or relay it from your MTA). Only addresses
+    mailmag owns are accepted; each message is stored before it is acknowledged.
+    """
+    settings = load_settings()
+    runtime = _runtime(settings)
+    listen_host = host or settings.inbound_host
+    listen_port = port or settings.inbound_port
+    server = inbound_server(
+        runtime.inbound_handler(), listen_host, listen_port, max_size=settings.inbound_max_bytes
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"MAILMAG_INBOUND_PORT: cannot listen on {listen_host}:{listen_port}: {exc}"
+        ) from None
+    out.print(f"mailmag inbound listening on {listen_host}:{listen_port}")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
 
 
 @app.command()

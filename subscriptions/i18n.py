@@ -46,6 +46,7 @@ CONSENT_LABELS = {
     "complaint": N_("Spam report"),
     "erasure": N_("Deletion of your data"),
     "expiry": N_("Not confirmed in time"),
+    "bounce": N_("Mail to your address bounced"),
 }
 
 

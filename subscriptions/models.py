@@ -49,6 +49,12 @@ class Subscriber(SubscriberBase, table=True):
         unique=True,
         description="Random; the subject of every signed link, never shown in clear.",
     )
+    bounce_score: float = Field(
+        default=0.0,
+        sa_column_kwargs={"server_default": "0"},
+        description="Soft bounces, halving every week; suppressed past a threshold.",
+    )
+    bounce_scored_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     notified_at: datetime | None = Field(
         default=None, sa_type=UTCDateTime, description="Last confirmation-type system mail."
     )
@@ -165,6 +171,7 @@ class ConsentChannel(StrEnum):
     complaint = "complaint"
     erasure = "erasure"
     expiry = "expiry"  # a sign-up never confirmed, withdrawn when its data is purged
+    bounce = "bounce"  # the address bounced: mail to it stops, not a choice of the person
 
 
 class ConsentEvent(SQLModel, table=True):
@@ -323,3 +330,29 @@ class FormNonce(SQLModel, table=True):
 
     nonce: str = Field(primary_key=True, max_length=32)
     used_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+# --- Inbound mail -----------------------------------------------------------------------------
+
+
+class InboundStatus(StrEnum):
+    received = "received"  # stored, not yet acted on
+    processed = "processed"
+    ignored = "ignored"
+
+
+class InboundMessage(SQLModel, table=True):
+    """A message received by ``mailmag inbound`` (bounce, complaint, unsubscribe mail),
+    stored before the 250 reply. It holds personal data: purged after the retention period."""
+
+    __tablename__ = "inbound_message"
+
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    mail_from: str = Field(max_length=320)
+    recipient: str = Field(max_length=320)
+    raw: bytes = Field(sa_type=LargeBinary)
+    status: InboundStatus = Field(default=InboundStatus.received, sa_type=EnumText(InboundStatus))
+    kind: str | None = Field(default=None, max_length=24)
+    delivery_id: int | None = None
+    outcome: str | None = Field(default=None, max_length=500)

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from mailer.capture import CaptureServer
+from mailer.inbound import InboundHandler
 from mailer.scheduler import Scheduler
 from mailer.sending import start_issue
 from mailer.signing import DKIMSigner
@@ -26,6 +27,7 @@ from subscriptions.addresses import AddressHasher
 from subscriptions.audience import SenderIdentity, StoreAudience, StorePreparer
 from subscriptions.db import for_writing
 from subscriptions.errors import ConfigurationError
+from subscriptions.feedback import StoreFeedback
 from subscriptions.lifecycle import Lifecycle
 from subscriptions.links import LinkPolicy, Links
 from subscriptions.models import Magazine
@@ -85,6 +87,13 @@ class Runtime:
     def transport(self) -> Transport:
         capture_port = self.capture.port if self.capture is not None else None
         return SMTPTransport(self.settings.smtp_relay(capture_port=capture_port))
+
+    def inbound_handler(self) -> InboundHandler:
+        feedback = StoreFeedback(
+            self.engine, self.optin.lifecycle, self.settings.soft_bounce_threshold
+        )
+        domain = self.settings.bounce_domain or self.settings.sender_domain
+        return InboundHandler(feedback, feedback, self.delivery_tokens, domain)
 
     def delivery_worker(self) -> DeliveryWorker:
         return DeliveryWorker(

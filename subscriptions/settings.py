@@ -103,6 +103,13 @@ class Settings(BaseSettings):
     retry_days: Annotated[float, Field(gt=0, le=30)] = Field(
         default=3, description="Deferred deliveries are retried this long, then failed."
     )
+    inbound_host: str = "127.0.0.1"
+    inbound_port: Annotated[int, Field(ge=1, le=65535)] = 2525
+    inbound_max_bytes: Annotated[int, Field(ge=10_000)] = 2_000_000
+    soft_bounce_threshold: Annotated[float, Field(gt=0)] = Field(
+        default=5,
+        description="Soft-bounce score (halving weekly) that suppresses an address.",
+    )
     delivery_lease_seconds: Annotated[int, Field(ge=1, le=86400)] = Field(
         default=300,
         description="How long a worker's claim on a batch lasts; a crashed worker's "

@@ -1,0 +1,158 @@
+"""The opt-in store's side of inbound mail: keeping raw messages and acting on them.
+
+- a mailto unsubscribe ends the magazine the delivery was for;
+- a complaint ends every subscription and suppresses the address;
+- a hard bounce suppresses the address and marks the delivery failed;
+- a soft bounce adds one to a score that halves every week; past
+  ``soft_bounce_threshold`` the address is suppressed;
+- auto-replies and anything unmatched change nothing.
+
+Each change of a subscription writes its consent event (channel ``mailto``, ``complaint``
+or ``bounce``). Suppression is by keyed address hash, so it outlives an erasure.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from mailer.clock import utcnow
+from mailer.feedback import Feedback, FeedbackKind
+from mailer.models import Delivery, DeliveryStatus, Issue
+from mailer.transactions import for_writing
+from subscriptions.consent import Evidence
+from subscriptions.lifecycle import Lifecycle
+from subscriptions.models import (
+    ConsentChannel,
+    InboundMessage,
+    InboundStatus,
+    Magazine,
+    Subscriber,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+)
+
+SCORE_HALF_LIFE = timedelta(days=7)
+
+
+class StoreFeedback:
+    def __init__(self, engine: Engine, lifecycle: Lifecycle, soft_bounce_threshold: float) -> None:
+        self.engine = engine
+        self.lifecycle = lifecycle
+        self.threshold = soft_bounce_threshold
+
+    # --- InboundStore ------------------------------------------------------------------------
+
+    def save(self, *, mail_from: str, recipient: str, raw: bytes) -> int:
+        with Session(for_writing(self.engine)) as session:
+            stored = InboundMessage(mail_from=mail_from[:320], recipient=recipient[:320], raw=raw)
+            session.add(stored)
+            session.commit()
+            assert stored.id is not None
+            return stored.id
+
+    def done(self, message_id: int, feedback: Feedback, outcome: str) -> None:
+        with Session(for_writing(self.engine)) as session:
+            stored = session.get(InboundMessage, message_id)
+            if stored is None:
+                return
+            acted = feedback.kind not in (FeedbackKind.auto_reply, FeedbackKind.unknown)
+            stored.status = InboundStatus.processed if acted else InboundStatus.ignored
+            stored.kind = feedback.kind.value
+            stored.delivery_id = feedback.delivery_id
+            stored.outcome = outcome[:500]
+            session.add(stored)
+            session.commit()
+
+    # --- FeedbackSink ------------------------------------------------------------------------
+
+    def apply(self, feedback: Feedback) -> str:
+        if feedback.kind in (FeedbackKind.auto_reply, FeedbackKind.unknown):
+            return feedback.detail
+        if feedback.delivery_id is None:
+            return "no delivery matches this message: nothing changed"
+        with Session(for_writing(self.engine)) as session:
+            found = session.exec(
+                select(Delivery, Subscriber, Magazine)
+                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)  # type: ignore[arg-type]
+                .join(Issue, Issue.id == Delivery.issue_id)  # type: ignore[arg-type]
+                .join(Magazine, Magazine.id == Issue.magazine_id)  # type: ignore[arg-type]
+                .where(Delivery.id == feedback.delivery_id)
+            ).first()
+            if found is None:
+                return "the delivery's subscriber no longer exists: nothing changed"
+            delivery, subscriber, magazine = found
+            outcome = self._act(session, feedback, delivery, subscriber, magazine)
+            session.commit()
+            return outcome
+
+    def _act(
+        self,
+        session: Session,
+        feedback: Feedback,
+        delivery: Delivery,
+        subscriber: Subscriber,
+        magazine: Magazine,
+    ) -> str:
+        if feedback.kind is FeedbackKind.unsubscribe:
+            ended = self.lifecycle.end(
+                session, subscriber, [magazine], Evidence(ConsentChannel.mailto)
+            )
+            return f"unsubscribed from {magazine.slug}" if ended else "already unsubscribed"
+        if feedback.kind is FeedbackKind.complaint:
+            self.lifecycle.end(
+                session,
+                subscriber,
+                session.exec(select(Magazine)).all(),
+                Evidence(ConsentChannel.complaint),
+            )
+            self._suppress(session, subscriber, SuppressionReason.complaint, feedback.detail)
+            return "complaint: unsubscribed from everything and suppressed"
+        if feedback.kind is FeedbackKind.hard_bounce:
+            self._suppress(session, subscriber, SuppressionReason.hard_bounce, feedback.detail)
+            self.lifecycle.end(
+                session,
+                subscriber,
+                session.exec(select(Magazine)).all(),
+                Evidence(ConsentChannel.bounce),
+                status=SubscriptionStatus.suppressed,
+            )
+            if delivery.status is DeliveryStatus.sent:
+                delivery.status = DeliveryStatus.failed
+                delivery.last_reply = f"bounced: {feedback.detail}"[:500]
+                session.add(delivery)
+            return "hard bounce: suppressed"
+        return self._soft_bounce(session, subscriber, feedback)
+
+    def _soft_bounce(self, session: Session, subscriber: Subscriber, feedback: Feedback) -> str:
+        now = utcnow()
+        score = subscriber.bounce_score
+        if subscriber.bounce_scored_at is not None:
+            age = (now - subscriber.bounce_scored_at) / SCORE_HALF_LIFE
+            score *= 0.5**age
+        subscriber.bounce_score = score + 1
+        subscriber.bounce_scored_at = now
+        session.add(subscriber)
+        if subscriber.bounce_score < self.threshold:
+            return f"soft bounce: score {subscriber.bounce_score:.2f}"
+        self._suppress(session, subscriber, SuppressionReason.soft_bounce, feedback.detail)
+        self.lifecycle.end(
+            session,
+            subscriber,
+            session.exec(select(Magazine)).all(),
+            Evidence(ConsentChannel.bounce),
+            status=SubscriptionStatus.suppressed,
+        )
+        return f"soft bounces past {self.threshold:g}: suppressed"
+
+    @staticmethod
+    def _suppress(
+        session: Session, subscriber: Subscriber, reason: SuppressionReason, note: str
+    ) -> None:
+        digest = subscriber.address_digest
+        if session.exec(select(Suppression).where(Suppression.address_digest == digest)).first():
+            return
+        session.add(Suppression(address_digest=digest, reason=reason, note=note[:500]))

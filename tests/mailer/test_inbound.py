@@ -1,0 +1,225 @@
+"""Bounces, complaints, auto-replies and unsubscribe mails delivered over SMTP to
+``mailmag inbound`` end in the right state, on both databases; garbage changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+from collections.abc import Iterator
+from email import message_from_bytes
+from pathlib import Path
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from mailer.capture import free_port
+from mailer.inbound import inbound_server
+from mailer.models import Delivery, DeliveryStatus
+from subscriptions.models import (
+    ConsentChannel,
+    ConsentEvent,
+    InboundMessage,
+    InboundStatus,
+    Subscriber,
+    Subscription,
+    SubscriptionStatus,
+    Suppression,
+    SuppressionReason,
+)
+from subscriptions.runtime import Runtime
+from tests.mailer.test_sending import drain, seed, worker_for
+from tests.support.smtp import SMTPSink
+
+SAMPLES = Path(__file__).parent / "samples"
+DOMAIN = "example.com"
+
+
+@pytest.fixture
+def sent(app: FastAPI, engine: Engine, smtp_server: SMTPSink) -> dict[str, dict[str, str]]:
+    """An issue sent to three readers; what each message carried, by recipient."""
+    issue_id, _people = seed(app, engine, 3)
+    runtime: Runtime = app.state.runtime
+    runtime.start_issue(issue_id)
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    carried = {}
+    for received in smtp_server.received:
+        message = message_from_bytes(received.data)
+        carried[received.rcpt_tos[0]] = {
+            "return_path": received.mail_from,
+            "message_id": str(message["Message-ID"]),
+            "list_unsubscribe": " ".join(str(message["List-Unsubscribe"]).split()),
+            "mailto": str(message["List-Unsubscribe"]).split("mailto:")[1].split(">")[0],
+        }
+    return carried
+
+
+@pytest.fixture
+def inbound(app: FastAPI) -> Iterator[int]:
+    runtime: Runtime = app.state.runtime
+    port = free_port()
+    server = inbound_server(runtime.inbound_handler(), "127.0.0.1", port)
+    server.start()
+    yield port
+    server.stop()
+
+
+def deliver(
+    port: int, recipient: str, raw: str, sender: str = "MAILER-DAEMON@mx.example.net"
+) -> None:
+    with smtplib.SMTP("127.0.0.1", port) as smtp:
+        smtp.sendmail(sender, [recipient], raw.replace("\n", "\r\n").encode("utf-8"))
+
+
+def sample(name: str, **values: str) -> str:
+    text = (SAMPLES / name).read_text(encoding="utf-8")
+    for key, value in values.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def person(engine: Engine, email: str) -> tuple[Subscriber, list[Subscription]]:
+    with Session(engine) as session:
+        subscriber = session.exec(select(Subscriber).where(Subscriber.email == email)).one()
+        subscriptions = list(
+            session.exec(
+                select(Subscription).where(Subscription.subscriber_id == subscriber.id)
+            ).all()
+        )
+        return subscriber, subscriptions
+
+
+def suppression(engine: Engine, digest: str) -> Suppression | None:
+    with Session(engine) as session:
+        return session.exec(select(Suppression).where(Suppression.address_digest == digest)).first()
+
+
+def last_inbound(engine: Engine) -> InboundMessage:
+    with Session(engine) as session:
+        return session.exec(select(InboundMessage).order_by(col(InboundMessage.id).desc())).first()  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "name", ["postfix.eml", "exim.eml", "qmail.eml", "exchange.eml", "gmail.eml"]
+)
+def test_hard_bounces_from_many_mtas_suppress_the_address(
+    name: str, sent: dict[str, dict[str, str]], inbound: int, engine: Engine
+) -> None:
+    address = "reader1@example.org"
+    return_path = sent[address]["return_path"]
+    deliver(inbound, return_path, sample(name, recipient=address, return_path=return_path))
+    subscriber, subscriptions = person(engine, address)
+    found = suppression(engine, subscriber.address_digest)
+    assert found is not None
+    assert found.reason is SuppressionReason.hard_bounce
+    assert [s.status for s in subscriptions] == [SubscriptionStatus.suppressed]
+    with Session(engine) as session:
+        delivery = session.exec(
+            select(Delivery).where(Delivery.subscriber_id == subscriber.id)
+        ).one()
+        assert delivery.status is DeliveryStatus.failed
+        event = session.exec(select(ConsentEvent).order_by(col(ConsentEvent.seq).desc())).first()
+        assert event is not None
+        assert event.channel is ConsentChannel.bounce
+    stored = last_inbound(engine)
+    assert (stored.status, stored.kind) == (InboundStatus.processed, "hard_bounce")
+    other, _ = person(engine, "reader2@example.org")  # nobody else is touched
+    assert suppression(engine, other.address_digest) is None
+
+
+def test_a_delay_notice_scores_a_soft_bounce_and_enough_of_them_suppress(
+    sent: dict[str, dict[str, str]], inbound: int, engine: Engine
+) -> None:
+    address = "reader0@example.org"
+    return_path = sent[address]["return_path"]
+    notice = sample("postfix-delayed.eml", recipient=address, return_path=return_path)
+    deliver(inbound, return_path, notice)
+    subscriber, subscriptions = person(engine, address)
+    assert subscriber.bounce_score == pytest.approx(1.0, abs=0.01)
+    assert suppression(engine, subscriber.address_digest) is None
+    assert subscriptions[0].status is SubscriptionStatus.confirmed
+    for _ in range(5):  # the score halves weekly, so five quick ones are just under 5
+        deliver(inbound, return_path, notice)
+    subscriber, subscriptions = person(engine, address)
+    found = suppression(engine, subscriber.address_digest)
+    assert found is not None
+    assert found.reason is SuppressionReason.soft_bounce
+    assert subscriptions[0].status is SubscriptionStatus.suppressed
+
+
+def test_a_complaint_with_a_redacted_recipient_finds_its_person(
+    sent: dict[str, dict[str, str]], inbound: int, engine: Engine
+) -> None:
+    address = "reader2@example.org"
+    carried = sent[address]
+    report = sample(
+        "arf-redacted.eml",
+        domain=DOMAIN,
+        message_id=carried["message_id"],
+        list_unsubscribe=carried["list_unsubscribe"],
+    )
+    deliver(inbound, f"abuse@{DOMAIN}", report, sender="complaints@fbl.example.net")
+    subscriber, subscriptions = person(engine, address)
+    found = suppression(engine, subscriber.address_digest)
+    assert found is not None
+    assert found.reason is SuppressionReason.complaint
+    assert [s.status for s in subscriptions] == [SubscriptionStatus.unsubscribed]
+    with Session(engine) as session:
+        event = session.exec(select(ConsentEvent).order_by(col(ConsentEvent.seq).desc())).first()
+        assert event is not None
+        assert event.channel is ConsentChannel.complaint
+
+
+def test_a_mail_to_the_unsubscribe_address_unsubscribes(
+    sent: dict[str, dict[str, str]], inbound: int, engine: Engine
+) -> None:
+    address = "reader0@example.org"
+    deliver(
+        inbound, sent[address]["mailto"], "Subject: unsubscribe\n\nunsubscribe\n", sender=address
+    )
+    subscriber, subscriptions = person(engine, address)
+    assert [s.status for s in subscriptions] == [SubscriptionStatus.unsubscribed]
+    assert suppression(engine, subscriber.address_digest) is None
+    with Session(engine) as session:
+        event = session.exec(select(ConsentEvent).order_by(col(ConsentEvent.seq).desc())).first()
+        assert event is not None
+        assert (event.channel, event.scope) == (ConsentChannel.mailto, "weekly")
+
+
+@pytest.mark.parametrize("name", ["auto-reply.eml", "garbage.eml"])
+def test_auto_replies_and_garbage_change_nothing(
+    name: str, sent: dict[str, dict[str, str]], inbound: int, engine: Engine
+) -> None:
+    address = "reader1@example.org"
+    return_path = sent[address]["return_path"]
+    deliver(
+        inbound,
+        return_path,
+        sample(name, recipient=address, return_path=return_path),
+        sender=address,
+    )
+    subscriber, subscriptions = person(engine, address)
+    assert suppression(engine, subscriber.address_digest) is None
+    assert [s.status for s in subscriptions] == [SubscriptionStatus.confirmed]
+    assert last_inbound(engine).status is InboundStatus.ignored
+
+
+def test_only_addresses_it_owns_are_accepted(
+    sent: dict[str, dict[str, str]], inbound: int, engine: Engine
+) -> None:
+    forged = "unsubscribe+" + "a" * 26 + f"@{DOMAIN}"
+    for recipient in (
+        "victim@elsewhere.example",
+        forged,
+        f"bounce+short@{DOMAIN}",
+        f"someone@{DOMAIN}",
+    ):
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            deliver(inbound, recipient, "Subject: x\n\nrelay me\n")
+    with Session(engine) as session:
+        assert session.exec(select(InboundMessage)).all() == []
+        assert all(
+            s.status is SubscriptionStatus.confirmed
+            for s in session.exec(select(Subscription)).all()
+        )
