@@ -60,6 +60,9 @@ class IssuePublic(IssueBase):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    pause_reason: str | None = None
+    complaints: int = 0
+    hard_bounces: int = 0
     merge_fields: list[str] = Field(default_factory=list)
 
 

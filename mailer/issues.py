@@ -67,13 +67,15 @@ def start(session: Session, issue: Issue) -> None:
     session.add(issue)
 
 
-def pause(session: Session, issue: Issue) -> None:
+def pause(session: Session, issue: Issue, reason: str | None = None) -> None:
     _move(issue, S.paused)
+    issue.pause_reason = reason
     session.add(issue)
 
 
 def resume(session: Session, issue: Issue) -> None:
     _move(issue, S.sending)
+    issue.pause_reason = None
     session.add(issue)
 
 

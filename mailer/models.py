@@ -61,6 +61,9 @@ class Issue(IssueBase, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    complaints: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    hard_bounces: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    pause_reason: str | None = Field(default=None, max_length=300)
 
 
 class DeliveryStatus(StrEnum):

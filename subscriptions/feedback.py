@@ -18,6 +18,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from mailer.brake import BrakePolicy, count_feedback
 from mailer.clock import utcnow
 from mailer.feedback import Feedback, FeedbackKind
 from mailer.models import Delivery, DeliveryStatus, Issue
@@ -39,10 +40,17 @@ SCORE_HALF_LIFE = timedelta(days=7)
 
 
 class StoreFeedback:
-    def __init__(self, engine: Engine, lifecycle: Lifecycle, soft_bounce_threshold: float) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        lifecycle: Lifecycle,
+        soft_bounce_threshold: float,
+        brake: BrakePolicy | None = None,
+    ) -> None:
         self.engine = engine
         self.lifecycle = lifecycle
         self.threshold = soft_bounce_threshold
+        self.brake = brake or BrakePolicy()
 
     # --- InboundStore ------------------------------------------------------------------------
 
@@ -86,6 +94,15 @@ class StoreFeedback:
                 return "the delivery's subscriber no longer exists: nothing changed"
             delivery, subscriber, magazine = found
             outcome = self._act(session, feedback, delivery, subscriber, magazine)
+            if feedback.kind in (FeedbackKind.complaint, FeedbackKind.hard_bounce):
+                braked = count_feedback(
+                    session,
+                    delivery_id=feedback.delivery_id,
+                    complaint=feedback.kind is FeedbackKind.complaint,
+                    policy=self.brake,
+                )
+                if braked:
+                    outcome += f"; issue {delivery.issue_id} paused: {braked}"
             session.commit()
             return outcome
 

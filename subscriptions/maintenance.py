@@ -2,7 +2,8 @@
 
 - sign-ups never confirmed within ``MAILMAG_PENDING_DAYS`` are withdrawn and their data purged;
 - used form-token nonces are forgotten once the tokens themselves have expired;
-- system mails (which hold an address) are deleted a week after they were sent or gave up.
+- system mails (which hold an address) are deleted a week after they were sent or gave up;
+- raw inbound messages (bounces, complaints: personal data) after ``inbound_retention``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from sqlmodel import Session, col
 
 from mailer.clock import utcnow
 from subscriptions.db import for_writing
-from subscriptions.models import FormNonce, SystemMail, SystemMailStatus
+from subscriptions.models import FormNonce, InboundMessage, SystemMail, SystemMailStatus
 from subscriptions.subscribing import OptIn
 
 log = logging.getLogger(__name__)
@@ -30,9 +31,15 @@ class Purged:
     expired_signups: int
     form_nonces: int
     system_mails: int
+    inbound_messages: int = 0
 
 
-def run_once(engine: Engine, optin: OptIn, form_token_lifetime: timedelta) -> Purged:
+def run_once(
+    engine: Engine,
+    optin: OptIn,
+    form_token_lifetime: timedelta,
+    inbound_retention: timedelta = timedelta(days=30),
+) -> Purged:
     now = utcnow()
     with Session(for_writing(engine)) as session:
         expired = optin.purge_expired(session)
@@ -45,5 +52,8 @@ def run_once(engine: Engine, optin: OptIn, form_token_lifetime: timedelta) -> Pu
             .where(col(SystemMail.status) != SystemMailStatus.queued)
             .where(col(SystemMail.created_at) < now - SYSTEM_MAIL_KEPT)
         ).rowcount  # type: ignore[attr-defined]
+        inbound = session.execute(
+            delete(InboundMessage).where(col(InboundMessage.received_at) < now - inbound_retention)
+        ).rowcount  # type: ignore[attr-defined]
         session.commit()
-    return Purged(expired, int(nonces), int(mails))
+    return Purged(expired, int(nonces), int(mails), int(inbound))

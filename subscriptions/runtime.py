@@ -14,6 +14,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from mailer.brake import BrakePolicy
 from mailer.capture import CaptureServer
 from mailer.inbound import InboundHandler
 from mailer.scheduler import Scheduler
@@ -89,8 +90,16 @@ class Runtime:
         return SMTPTransport(self.settings.smtp_relay(capture_port=capture_port))
 
     def inbound_handler(self) -> InboundHandler:
+        settings = self.settings
         feedback = StoreFeedback(
-            self.engine, self.optin.lifecycle, self.settings.soft_bounce_threshold
+            self.engine,
+            self.optin.lifecycle,
+            settings.soft_bounce_threshold,
+            BrakePolicy(
+                complaint_rate=settings.brake_complaint_rate,
+                bounce_rate=settings.brake_bounce_rate,
+                min_deliveries=settings.brake_min_deliveries,
+            ),
         )
         domain = self.settings.bounce_domain or self.settings.sender_domain
         return InboundHandler(feedback, feedback, self.delivery_tokens, domain)
@@ -118,7 +127,10 @@ class Runtime:
 
     def housekeeping(self) -> None:
         maintenance.run_once(
-            self.engine, self.optin, timedelta(minutes=self.settings.form_token_minutes)
+            self.engine,
+            self.optin,
+            timedelta(minutes=self.settings.form_token_minutes),
+            timedelta(days=self.settings.inbound_retention_days),
         )
 
     async def start_loops(self, *, delivery: bool = True) -> None:

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
         default=5,
         description="Soft-bounce score (halving weekly) that suppresses an address.",
     )
+    brake_complaint_rate: Annotated[float, Field(ge=0, le=1)] = 0.001
+    brake_bounce_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    brake_min_deliveries: Annotated[int, Field(ge=1)] = 1000
+    inbound_retention_days: Annotated[int, Field(ge=1)] = Field(
+        default=30, description="Raw bounce and complaint messages are purged after this."
+    )
     delivery_lease_seconds: Annotated[int, Field(ge=1, le=86400)] = Field(
         default=300,
         description="How long a worker's claim on a batch lasts; a crashed worker's "

@@ -16,7 +16,8 @@ from sqlmodel import Session, col, select
 
 from mailer.capture import free_port
 from mailer.inbound import inbound_server
-from mailer.models import Delivery, DeliveryStatus
+from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from subscriptions.app import create_app
 from subscriptions.models import (
     ConsentChannel,
     ConsentEvent,
@@ -29,6 +30,7 @@ from subscriptions.models import (
     SuppressionReason,
 )
 from subscriptions.runtime import Runtime
+from subscriptions.settings import Settings
 from tests.mailer.test_sending import drain, seed, worker_for
 from tests.support.smtp import SMTPSink
 
@@ -223,3 +225,83 @@ def test_only_addresses_it_owns_are_accepted(
             s.status is SubscriptionStatus.confirmed
             for s in session.exec(select(Subscription)).all()
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"), [("arf-redacted.eml", "complaint rate"), ("gmail.eml", "hard-bounce rate")]
+)
+def test_too_many_complaints_or_bounces_pause_a_running_issue(
+    name: str, reason: str, settings: Settings, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    app = create_app(
+        settings.model_copy(update={"brake_min_deliveries": 10}), engine=engine, delivery=False
+    )
+    runtime: Runtime = app.state.runtime
+    issue_id, _people = seed(app, engine, 30)
+    runtime.start_issue(issue_id)
+    worker = worker_for(app, engine, smtp_server, batch=10)
+    port = free_port()
+    server = inbound_server(runtime.inbound_handler(), "127.0.0.1", port)
+    server.start()
+
+    def report_the_first_message() -> None:
+        first = smtp_server.received[0]
+        message = message_from_bytes(first.data)
+        values = {
+            "domain": DOMAIN,
+            "recipient": first.rcpt_tos[0],
+            "return_path": first.mail_from,
+            "message_id": str(message["Message-ID"]),
+            "list_unsubscribe": " ".join(str(message["List-Unsubscribe"]).split()),
+        }
+        target = f"abuse@{DOMAIN}" if name.startswith("arf") else first.mail_from
+        deliver(port, target, sample(name, **values))
+
+    async def scenario() -> tuple[int, int]:
+        sent_first = await worker.run_once()  # the issue is under way: 10 of 30 sent
+        await asyncio.to_thread(report_the_first_message)
+        sent_after = await worker.run_once()
+        await worker.transport.close()
+        return sent_first, sent_after
+
+    try:
+        assert asyncio.run(scenario()) == (10, 0)  # nothing more leaves once it is paused
+    finally:
+        server.stop()
+    with Session(engine) as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        assert issue.status is IssueStatus.paused
+        assert issue.pause_reason is not None
+        assert issue.pause_reason.startswith(reason)
+    assert len(smtp_server.received) == 10
+
+
+def test_raw_inbound_messages_are_purged_after_retention(
+    sent: dict[str, dict[str, str]], inbound: int, app: FastAPI, engine: Engine
+) -> None:
+    from datetime import timedelta
+
+    from mailer.clock import utcnow
+    from subscriptions import maintenance
+
+    address = "reader1@example.org"
+    return_path = sent[address]["return_path"]
+    for _ in range(2):
+        deliver(
+            inbound,
+            return_path,
+            sample("auto-reply.eml", recipient=address, return_path=return_path),
+            sender=address,
+        )
+    with Session(engine) as session:
+        old = session.exec(select(InboundMessage)).first()
+        assert old is not None
+        old.received_at = utcnow() - timedelta(days=31)
+        session.add(old)
+        session.commit()
+    runtime: Runtime = app.state.runtime
+    purged = maintenance.run_once(engine, runtime.optin, timedelta(hours=2), timedelta(days=30))
+    assert purged.inbound_messages == 1
+    with Session(engine) as session:
+        assert len(session.exec(select(InboundMessage)).all()) == 1

@@ -80,7 +80,7 @@ def worker_for(
         runtime.preparer,
         transport,
         runtime.delivery_tokens,
-        WorkerConfig(batch=25, **config),  # type: ignore[arg-type]
+        WorkerConfig(**({"batch": 25} | config)),  # type: ignore[arg-type]
     )
 
 
