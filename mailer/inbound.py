@@ -1,10 +1,12 @@
 """``mailmag inbound``: the SMTP server for the return-path domain and the unsubscribe mailto.
 
-It accepts mail only for addresses it owns: ``bounce+TOKEN@`` and ``unsubscribe+TOKEN@`` with
-a genuine delivery token, and ``postmaster@`` / ``abuse@`` (where feedback loops send
-complaints) of the bounce domain; anything else is refused at RCPT, so it is no relay. Each
-message is stored durably before the 250 reply, then classified and acted on; a failure
-while acting leaves the stored message for a later look, and still answers 250.
+It limits each client to ``per_client`` transactions a minute (421 beyond), refuses messages
+over the size limit, and accepts mail only for addresses it owns: ``bounce+TOKEN@`` and
+``unsubscribe+TOKEN@`` with a genuine delivery token, and ``postmaster@`` / ``abuse@`` (where
+feedback loops send complaints) of the bounce domain; anything else is refused at RCPT, so
+it is no relay. Each message is stored durably before the 250 reply, then classified and
+acted on; a failure while acting leaves the stored message for a later look, and still
+answers 250.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from mailer.feedback import FeedbackSink, InboundStore, classify
+from mailer.ratelimit import Limit, SlidingWindow
 from mailer.verp import TOKEN_LENGTH, DeliveryTokens
 
 log = logging.getLogger(__name__)
@@ -26,8 +29,14 @@ MAX_RECIPIENTS = 10
 
 class InboundHandler:
     def __init__(
-        self, store: InboundStore, sink: FeedbackSink, tokens: DeliveryTokens, domain: str
+        self,
+        store: InboundStore,
+        sink: FeedbackSink,
+        tokens: DeliveryTokens,
+        domain: str,
+        per_client: Limit = Limit(600, 60),
     ) -> None:
+        self.per_client = SlidingWindow(per_client)
         self.store = store
         self.sink = sink
         self.tokens = tokens
@@ -43,6 +52,16 @@ class InboundHandler:
             return False
         token = match.group(2)
         return token is None or self.tokens.read(token) is not None
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd hook name)
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        client = session.peer[0] if session.peer else "unknown"
+        if self.per_client.check(str(client)) is not None:
+            return "421 4.7.0 Too many messages from your address, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]

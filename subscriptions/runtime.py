@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from mailer.brake import BrakePolicy
 from mailer.capture import CaptureServer
 from mailer.inbound import InboundHandler
+from mailer.ratelimit import Limit, SlidingWindow
 from mailer.scheduler import Scheduler
 from mailer.sending import start_issue
 from mailer.signing import DKIMSigner
@@ -35,7 +36,6 @@ from subscriptions.models import Magazine
 from subscriptions.notice import NoticeBook
 from subscriptions.outbox import OutboxSender
 from subscriptions.paths import TEMPLATES_DIR
-from subscriptions.ratelimit import Limit, SlidingWindow
 from subscriptions.registry import Registry, load_registry
 from subscriptions.self_service import SelfService
 from subscriptions.settings import Settings

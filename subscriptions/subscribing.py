@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
+from mailer.ratelimit import SlidingWindow
 from subscriptions import consent
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.consent import Evidence
@@ -44,7 +45,6 @@ from subscriptions.models import (
     localised,
 )
 from subscriptions.notice import NoticeBook, record_notice
-from subscriptions.ratelimit import SlidingWindow
 from subscriptions.registry import Registry
 from subscriptions.system_mail import SystemMailer
 from subscriptions.tokens import Action

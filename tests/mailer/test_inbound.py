@@ -305,3 +305,45 @@ def test_raw_inbound_messages_are_purged_after_retention(
     assert purged.inbound_messages == 1
     with Session(engine) as session:
         assert len(session.exec(select(InboundMessage)).all()) == 1
+
+
+def test_a_complaint_to_the_return_path_with_the_recipient_shown(
+    sent: dict[str, dict[str, str]], inbound: int, engine: Engine
+) -> None:
+    address = "reader0@example.org"
+    carried = sent[address]
+    report = sample(
+        "arf-redacted.eml",
+        domain=DOMAIN,
+        message_id="<other@example.net>",
+        list_unsubscribe="<https://example.net/u/x>",
+    )
+    report = report.replace("redacted@redacted", address)
+    deliver(inbound, carried["return_path"], report, sender="complaints@fbl.example.net")
+    subscriber, subscriptions = person(engine, address)
+    found = suppression(engine, subscriber.address_digest)
+    assert found is not None
+    assert found.reason is SuppressionReason.complaint
+    assert [s.status for s in subscriptions] == [SubscriptionStatus.unsubscribed]
+
+
+def test_one_client_is_held_to_its_message_rate(app: FastAPI, engine: Engine) -> None:
+    from mailer.ratelimit import Limit
+
+    runtime: Runtime = app.state.runtime
+    handler = runtime.inbound_handler()
+    handler.per_client = type(handler.per_client)(Limit(2, 60))
+    port = free_port()
+    server = inbound_server(handler, "127.0.0.1", port)
+    server.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", port) as smtp:
+            smtp.ehlo()
+            codes = []
+            for _ in range(3):
+                code, _reply = smtp.docmd("MAIL FROM:<a@example.net>")
+                codes.append(code)
+                smtp.rset()
+    finally:
+        server.stop()
+    assert codes == [250, 250, 421]

@@ -1,4 +1,5 @@
-"""Sliding-window rate limits kept in memory, applied before any database write or mail.
+"""Sliding-window rate limits kept in memory, applied before any database write or mail
+(sign-ups in the web app, transactions per client in ``mailmag inbound``).
 
 Each limiter counts events per key (a client IP, a normalised address) over a window. The
 number of keys is capped (oldest forgotten first) so a flood of distinct keys cannot exhaust
