@@ -22,7 +22,7 @@ from subscriptions.auth import require_roles
 from subscriptions.db import make_engine
 from subscriptions.errors import BadToken
 from subscriptions.models import StaffRole
-from subscriptions.routes import captured, health, public
+from subscriptions.routes import captured, health, public, webhook
 from subscriptions.runtime import build_runtime
 from subscriptions.settings import Settings
 
@@ -63,6 +63,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(public.router)
     app.include_router(public.api)
+    app.include_router(webhook.router)
     app.include_router(
         marketing_router(
             require_roles(StaffRole.marketer),

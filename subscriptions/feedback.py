@@ -78,33 +78,38 @@ class StoreFeedback:
     # --- FeedbackSink ------------------------------------------------------------------------
 
     def apply(self, feedback: Feedback) -> str:
+        with Session(for_writing(self.engine)) as session:
+            outcome = self.apply_in(session, feedback)
+            session.commit()
+            return outcome
+
+    def apply_in(self, session: Session, feedback: Feedback) -> str:
+        """Act on ``feedback`` in the caller's transaction (which the caller commits)."""
         if feedback.kind in (FeedbackKind.auto_reply, FeedbackKind.unknown):
             return feedback.detail
         if feedback.delivery_id is None:
             return "no delivery matches this message: nothing changed"
-        with Session(for_writing(self.engine)) as session:
-            found = session.exec(
-                select(Delivery, Subscriber, Magazine)
-                .join(Subscriber, Subscriber.id == Delivery.subscriber_id)  # type: ignore[arg-type]
-                .join(Issue, Issue.id == Delivery.issue_id)  # type: ignore[arg-type]
-                .join(Magazine, Magazine.id == Issue.magazine_id)  # type: ignore[arg-type]
-                .where(Delivery.id == feedback.delivery_id)
-            ).first()
-            if found is None:
-                return "the delivery's subscriber no longer exists: nothing changed"
-            delivery, subscriber, magazine = found
-            outcome = self._act(session, feedback, delivery, subscriber, magazine)
-            if feedback.kind in (FeedbackKind.complaint, FeedbackKind.hard_bounce):
-                braked = count_feedback(
-                    session,
-                    delivery_id=feedback.delivery_id,
-                    complaint=feedback.kind is FeedbackKind.complaint,
-                    policy=self.brake,
-                )
-                if braked:
-                    outcome += f"; issue {delivery.issue_id} paused: {braked}"
-            session.commit()
-            return outcome
+        found = session.exec(
+            select(Delivery, Subscriber, Magazine)
+            .join(Subscriber, Subscriber.id == Delivery.subscriber_id)  # type: ignore[arg-type]
+            .join(Issue, Issue.id == Delivery.issue_id)  # type: ignore[arg-type]
+            .join(Magazine, Magazine.id == Issue.magazine_id)  # type: ignore[arg-type]
+            .where(Delivery.id == feedback.delivery_id)
+        ).first()
+        if found is None:
+            return "the delivery's subscriber no longer exists: nothing changed"
+        delivery, subscriber, magazine = found
+        outcome = self._act(session, feedback, delivery, subscriber, magazine)
+        if feedback.kind in (FeedbackKind.complaint, FeedbackKind.hard_bounce):
+            braked = count_feedback(
+                session,
+                delivery_id=feedback.delivery_id,
+                complaint=feedback.kind is FeedbackKind.complaint,
+                policy=self.brake,
+            )
+            if braked:
+                outcome += f"; issue {delivery.issue_id} paused: {braked}"
+        return outcome
 
     def _act(
         self,

@@ -356,3 +356,14 @@ class InboundMessage(SQLModel, table=True):
     kind: str | None = Field(default=None, max_length=24)
     delivery_id: int | None = None
     outcome: str | None = Field(default=None, max_length=500)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A provider's bounce or complaint event, kept by its id so a replay acts only once."""
+
+    __tablename__ = "webhook_event"
+
+    event_id: str = Field(primary_key=True, max_length=100)
+    kind: str = Field(max_length=24)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+    outcome: str = Field(default="", max_length=500)

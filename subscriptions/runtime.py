@@ -90,8 +90,13 @@ class Runtime:
         return SMTPTransport(self.settings.smtp_relay(capture_port=capture_port))
 
     def inbound_handler(self) -> InboundHandler:
+        feedback = self.feedback()
+        domain = self.settings.bounce_domain or self.settings.sender_domain
+        return InboundHandler(feedback, feedback, self.delivery_tokens, domain)
+
+    def feedback(self) -> StoreFeedback:
         settings = self.settings
-        feedback = StoreFeedback(
+        return StoreFeedback(
             self.engine,
             self.optin.lifecycle,
             settings.soft_bounce_threshold,
@@ -101,8 +106,6 @@ class Runtime:
                 min_deliveries=settings.brake_min_deliveries,
             ),
         )
-        domain = self.settings.bounce_domain or self.settings.sender_domain
-        return InboundHandler(feedback, feedback, self.delivery_tokens, domain)
 
     def delivery_worker(self) -> DeliveryWorker:
         return DeliveryWorker(

@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     brake_complaint_rate: Annotated[float, Field(ge=0, le=1)] = 0.001
     brake_bounce_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
     brake_min_deliveries: Annotated[int, Field(ge=1)] = 1000
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="Shared secret of the provider feedback webhook; unset = off."
+    )
     inbound_retention_days: Annotated[int, Field(ge=1)] = Field(
         default=30, description="Raw bounce and complaint messages are purged after this."
     )

@@ -1,0 +1,105 @@
+"""A webhook for a sending provider's bounce and complaint events.
+
+``POST /api/v1/feedback/webhook`` with a JSON body::
+
+    {"id": "evt-123", "type": "hard_bounce" | "soft_bounce" | "complaint" | "unsubscribe",
+     "token": "<the delivery token>"  or  "return_path": "bounce+<token>@<bounce domain>",
+     "detail": "550 5.1.1 user unknown"}
+
+and two headers: ``X-Mailmag-Timestamp`` (Unix seconds) and ``X-Mailmag-Signature``, the hex
+HMAC-SHA256 of ``"<timestamp>.<raw body>"`` under ``MAILMAG_WEBHOOK_SECRET``. Requests more
+than five minutes off, or with a wrong signature, are refused; an event id seen before is
+acknowledged without acting again (replays change nothing). The event is stored and acted
+on in one transaction before the 200 answer. Without a configured secret the endpoint
+answers 404.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Request, status
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from mailer.feedback import Feedback, FeedbackKind
+from mailer.transactions import for_writing
+from mailer.verp import TOKEN_LENGTH
+from subscriptions.deps import RuntimeDep
+from subscriptions.models import WebhookEvent
+
+router = APIRouter(prefix="/api/v1/feedback", tags=["feedback"])
+
+MAX_SKEW_SECONDS = 300
+MAX_BODY = 64_000
+
+
+class FeedbackEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=100)
+    type: Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe"]
+    token: str | None = Field(default=None, max_length=64)
+    return_path: str | None = Field(default=None, max_length=320)
+    detail: str = Field(default="", max_length=500)
+
+
+class WebhookAnswer(BaseModel):
+    status: Literal["processed", "duplicate"]
+    outcome: str
+
+
+def _signature_ok(secret: bytes, timestamp: str, body: bytes, signature: str) -> bool:
+    expected = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature.strip().lower())
+
+
+@router.post(
+    "/webhook",
+    responses={401: {"description": "bad signature or stale timestamp"}, 404: {}, 422: {}},
+)
+async def feedback_webhook(
+    request: Request,
+    runtime: RuntimeDep,
+    timestamp: Annotated[str, Header(alias="X-Mailmag-Timestamp", max_length=20)],
+    signature: Annotated[str, Header(alias="X-Mailmag-Signature", max_length=128)],
+) -> WebhookAnswer:
+    secret = runtime.settings.webhook_secret
+    if secret is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "the feedback webhook is not enabled")
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "body too large")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > MAX_SKEW_SECONDS:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "stale or missing timestamp")
+    if not _signature_ok(secret.get_secret_value().encode(), timestamp, body, signature):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bad signature")
+    try:
+        event = FeedbackEvent.model_validate_json(body)
+    except ValidationError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.errors()[0]["msg"]) from None
+    token = event.token or _token_of(event.return_path or "")
+    delivery_id = runtime.delivery_tokens.read(token) if token else None
+    feedback = Feedback(FeedbackKind(event.type), delivery_id, event.detail or "webhook")
+    with Session(for_writing(runtime.engine)) as session:
+        stored = WebhookEvent(event_id=event.id, kind=event.type)
+        try:
+            with session.begin_nested():
+                session.add(stored)
+        except IntegrityError:
+            return WebhookAnswer(status="duplicate", outcome="already processed")
+        outcome = runtime.feedback().apply_in(session, feedback)
+        stored.outcome = outcome[:500]
+        session.add(stored)
+        session.commit()  # the event and what it changed, together
+    return WebhookAnswer(status="processed", outcome=outcome)
+
+
+def _token_of(return_path: str) -> str | None:
+    match = re.fullmatch(rf"bounce\+([a-z2-7]{{{TOKEN_LENGTH}}})@.+", return_path.lower())
+    return match.group(1) if match else None

@@ -1,0 +1,121 @@
+"""The provider feedback webhook: signed, fresh, replay-safe, and acting like inbound mail."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from subscriptions.app import create_app
+from subscriptions.models import Subscriber, Suppression, SuppressionReason, WebhookEvent
+from subscriptions.runtime import Runtime
+from subscriptions.settings import Settings
+from tests.mailer.test_sending import drain, seed, worker_for
+from tests.support.smtp import SMTPSink
+
+SECRET = "webhook-secret-for-tests-0123456789"
+
+
+@pytest.fixture
+def hooked(settings: Settings, engine: Engine) -> FastAPI:
+    return create_app(
+        settings.model_copy(update={"webhook_secret": SecretStr(SECRET)}),
+        engine=engine,
+        delivery=False,
+    )
+
+
+@pytest.fixture
+def hook_client(hooked: FastAPI) -> Iterator[TestClient]:
+    with TestClient(hooked) as client:
+        yield client
+
+
+def signed(
+    body: dict[str, Any], *, secret: str = SECRET, skew: int = 0
+) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body).encode()
+    stamp = str(int(time.time()) + skew)
+    signature = hmac.new(secret.encode(), stamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
+    return raw, {
+        "X-Mailmag-Timestamp": stamp,
+        "X-Mailmag-Signature": signature,
+        "Content-Type": "application/json",
+    }
+
+
+def sent_return_path(hooked: FastAPI, engine: Engine, smtp_server: SMTPSink) -> tuple[str, str]:
+    issue_id, _people = seed(hooked, engine, 2)
+    runtime: Runtime = hooked.state.runtime
+    runtime.start_issue(issue_id)
+    asyncio.run(drain(worker_for(hooked, engine, smtp_server)))
+    first = smtp_server.received[0]
+    return first.rcpt_tos[0], first.mail_from
+
+
+def test_a_signed_hard_bounce_suppresses_and_a_replay_changes_nothing(
+    hook_client: TestClient, hooked: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    address, return_path = sent_return_path(hooked, engine, smtp_server)
+    raw, headers = signed(
+        {
+            "id": "evt-1",
+            "type": "hard_bounce",
+            "return_path": return_path,
+            "detail": "550 5.1.1 user unknown",
+        }
+    )
+    first = hook_client.post("/api/v1/feedback/webhook", content=raw, headers=headers)
+    assert first.status_code == 200
+    assert first.json()["status"] == "processed"
+    replay = hook_client.post("/api/v1/feedback/webhook", content=raw, headers=headers)
+    assert replay.json() == {"status": "duplicate", "outcome": "already processed"}
+    with Session(engine) as session:
+        person = session.exec(select(Subscriber).where(Subscriber.email == address)).one()
+        found = session.exec(select(Suppression)).all()
+        assert [(s.address_digest, s.reason) for s in found] == [
+            (person.address_digest, SuppressionReason.hard_bounce)
+        ]
+        assert len(session.exec(select(WebhookEvent)).all()) == 1
+
+
+@pytest.mark.parametrize("problem", ["bad signature", "stale", "wrong secret"])
+def test_unsigned_forged_or_stale_events_are_refused(
+    problem: str, hook_client: TestClient, engine: Engine
+) -> None:
+    body = {"id": "evt-x", "type": "complaint", "token": "a" * 26}
+    raw, headers = signed(
+        body,
+        skew=-600 if problem == "stale" else 0,
+        secret="other" if problem == "wrong secret" else SECRET,
+    )
+    if problem == "bad signature":
+        headers["X-Mailmag-Signature"] = "0" * 64
+    answer = hook_client.post("/api/v1/feedback/webhook", content=raw, headers=headers)
+    assert answer.status_code == 401
+    with Session(engine) as session:
+        assert session.exec(select(WebhookEvent)).all() == []
+
+
+def test_malformed_events_are_explained(hook_client: TestClient) -> None:
+    raw, headers = signed({"id": "evt-2", "type": "explode"})
+    assert (
+        hook_client.post("/api/v1/feedback/webhook", content=raw, headers=headers).status_code
+        == 422
+    )
+
+
+def test_without_a_secret_the_webhook_is_off(client: TestClient) -> None:
+    raw, headers = signed({"id": "evt-3", "type": "complaint"})
+    assert client.post("/api/v1/feedback/webhook", content=raw, headers=headers).status_code == 404
