@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from mailer import issues, queue
 from mailer.audience import Audience, IssueAudience, Recipient
 from mailer.clock import utcnow
 from mailer.compose import PreparedIssue
+from mailer.feedback import Feedback, FeedbackKind, FeedbackSink
 from mailer.models import DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Claim, Result
 from mailer.throttle import Throttle
@@ -58,6 +60,14 @@ class WorkerConfig:
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
+_BAD_MAILBOX = re.compile(r"\b5\.1\.\d{1,3}\b")
+
+
+def is_bad_mailbox(code: int | None, reply: str) -> bool:
+    """A permanent refusal of the address itself (RFC 3463 5.1.x), not of the content."""
+    return code is not None and 500 <= code < 600 and bool(_BAD_MAILBOX.search(reply))
+
+
 def backoff(attempts: int) -> timedelta:
     """1, 2, 4... minutes, at most an hour between tries."""
     return timedelta(seconds=min(60 * 2 ** max(attempts, 0), 3600))
@@ -81,7 +91,9 @@ class DeliveryWorker:
         tokens: DeliveryTokens,
         config: WorkerConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        bounces: FeedbackSink | None = None,
     ) -> None:
+        self.bounces = bounces
         self.engine = engine
         self.audience = audience
         self.preparer = preparer
@@ -171,6 +183,17 @@ class DeliveryWorker:
                 results = []
         results += [r for r in await asyncio.gather(*pending) if r is not None]
         await asyncio.to_thread(queue.record, self.engine, results)
+        await asyncio.to_thread(self._report_bad_mailboxes, results)
+
+    def _report_bad_mailboxes(self, results: list[Result]) -> None:
+        """A 5xx that says the mailbox does not exist (5.1.x) is a hard bounce: suppress."""
+        if self.bounces is None:
+            return
+        for result in results:
+            if result.status is DeliveryStatus.failed and is_bad_mailbox(result.code, result.reply):
+                self.bounces.apply(
+                    Feedback(FeedbackKind.hard_bounce, result.claim.delivery_id, result.reply)
+                )
 
     def _stale(self, issue_id: int) -> bool:
         state = self._issues.get(issue_id)

@@ -40,6 +40,7 @@ from subscriptions.models import StaffRole, StaffUser, StaffUserCreate
 from subscriptions.runtime import Runtime, build_runtime
 from subscriptions.settings import Settings, load_settings
 from subscriptions.staff import create_staff_user, normalise_staff_email
+from subscriptions.suppression import suppress_by_staff
 
 app = typer.Typer(
     name="mailmag",
@@ -232,6 +233,30 @@ def send(
     out.print(f"issue {issue_id} is {found.status}: {counts or 'no recipients'}")
     if found.counts.get("deferred"):
         out.print("deferred deliveries are retried later by `mailmag serve` or `mailmag worker`")
+
+
+@app.command("suppress")
+def suppress_command(
+    address: Annotated[str, typer.Argument(help="The address never to mail again.")],
+    note: Annotated[str, typer.Option(help="Why: who asked, when, how (kept with the entry).")],
+) -> None:
+    """Suppress an address at once on a person's request by phone or letter: every
+    subscription stops, with consent events; only a fresh confirmed sign-up lifts it."""
+    settings = load_settings()
+    runtime = _runtime(settings)
+    with Session(for_writing(runtime.engine)) as session:
+        try:
+            ended = suppress_by_staff(
+                session,
+                hasher=runtime.optin.hasher,
+                lifecycle=runtime.optin.lifecycle,
+                address=address,
+                note=note,
+            )
+        except InvalidInput as exc:
+            _fail(str(exc))
+        session.commit()
+    out.print(f"suppressed; {ended} subscription(s) stopped")
 
 
 @admin_app.command("create")

@@ -32,9 +32,9 @@ from subscriptions.models import (
     Magazine,
     Subscriber,
     SubscriptionStatus,
-    Suppression,
     SuppressionReason,
 )
+from subscriptions.suppression import suppress
 
 SCORE_HALF_LIFE = timedelta(days=7)
 
@@ -131,10 +131,20 @@ class StoreFeedback:
                 session.exec(select(Magazine)).all(),
                 Evidence(ConsentChannel.complaint),
             )
-            self._suppress(session, subscriber, SuppressionReason.complaint, feedback.detail)
+            suppress(
+                session,
+                digest=subscriber.address_digest,
+                reason=SuppressionReason.complaint,
+                note=feedback.detail,
+            )
             return "complaint: unsubscribed from everything and suppressed"
         if feedback.kind is FeedbackKind.hard_bounce:
-            self._suppress(session, subscriber, SuppressionReason.hard_bounce, feedback.detail)
+            suppress(
+                session,
+                digest=subscriber.address_digest,
+                reason=SuppressionReason.hard_bounce,
+                note=feedback.detail,
+            )
             self.lifecycle.end(
                 session,
                 subscriber,
@@ -160,7 +170,12 @@ class StoreFeedback:
         session.add(subscriber)
         if subscriber.bounce_score < self.threshold:
             return f"soft bounce: score {subscriber.bounce_score:.2f}"
-        self._suppress(session, subscriber, SuppressionReason.soft_bounce, feedback.detail)
+        suppress(
+            session,
+            digest=subscriber.address_digest,
+            reason=SuppressionReason.soft_bounce,
+            note=feedback.detail,
+        )
         self.lifecycle.end(
             session,
             subscriber,
@@ -169,12 +184,3 @@ class StoreFeedback:
             status=SubscriptionStatus.suppressed,
         )
         return f"soft bounces past {self.threshold:g}: suppressed"
-
-    @staticmethod
-    def _suppress(
-        session: Session, subscriber: Subscriber, reason: SuppressionReason, note: str
-    ) -> None:
-        digest = subscriber.address_digest
-        if session.exec(select(Suppression).where(Suppression.address_digest == digest)).first():
-            return
-        session.add(Suppression(address_digest=digest, reason=reason, note=note[:500]))

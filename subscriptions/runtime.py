@@ -119,6 +119,7 @@ class Runtime:
                 lease=timedelta(seconds=self.settings.delivery_lease_seconds),
                 retry_deadline=timedelta(days=self.settings.retry_days),
             ),
+            bounces=self.feedback(),
         )
 
     def start_issue(self, issue_id: int) -> int:

@@ -30,11 +30,11 @@ from subscriptions.models import (
     Subscriber,
     Subscription,
     SubscriptionStatus,
-    Suppression,
     SuppressionReason,
     SystemMail,
     localised,
 )
+from subscriptions.suppression import suppress
 
 PROFILE = ("name", "company", "department", "title", "phone")
 LIVE_CONSENT = (ConsentAction.granted, ConsentAction.confirmed)
@@ -209,15 +209,12 @@ class SelfService:
         for purpose in (ConsentPurpose.joint_use, ConsentPurpose.foreign_transfer):
             self.lifecycle.withdraw(session, subscriber, purpose, erasure)
         session.flush()
-        digest = self.hasher.digest(subscriber.email)
-        existing = session.exec(
-            select(Suppression).where(Suppression.address_digest == digest)
-        ).first()
-        suppression = existing or Suppression(
-            address_digest=digest, reason=SuppressionReason.erasure
+        suppress(
+            session,
+            digest=self.hasher.digest(subscriber.email),
+            reason=SuppressionReason.erasure,
+            replace=True,
         )
-        suppression.reason = SuppressionReason.erasure
-        session.add(suppression)
         consent.erase_personal_fields(session, subscriber_id=subscriber.id)
         session.execute(delete(SystemMail).where(col(SystemMail.recipient) == subscriber.email))
         session.delete(subscriber)

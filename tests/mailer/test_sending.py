@@ -314,3 +314,19 @@ def test_pause_stops_new_transactions_within_two_seconds(
     assert status_of(engine, issue_id) is IssueStatus.paused
     outstanding = [d for d in deliveries(engine, issue_id) if d.status is DeliveryStatus.queued]
     assert len(outstanding) == 120 - after  # the rest is back in the queue, untouched
+
+
+def test_a_refusal_of_the_mailbox_suppresses_but_a_content_refusal_does_not(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 3)
+    smtp_server.refuse(people[0].email, "550 5.1.1 <x>: Recipient address rejected: User unknown")
+    smtp_server.refuse(people[1].email, "554 5.7.1 Message rejected as spam")
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    worker = worker_for(app, engine, smtp_server)
+    worker.bounces = runtime.feedback()
+    asyncio.run(drain(worker))
+    with Session(engine) as session:
+        suppressed = {s.address_digest: s.reason for s in session.exec(select(Suppression)).all()}
+    assert suppressed == {people[0].address_digest: SuppressionReason.hard_bounce}

@@ -197,3 +197,26 @@ def test_send_command_sends_an_issue_with_a_progress_bar(tmp_path: Path) -> None
         assert "no issue 99" in missing.stderr
     finally:
         sink.stop()
+
+
+def test_staff_can_suppress_an_address_from_the_shell(tmp_path: Path) -> None:
+    from sqlmodel import Session, select
+
+    from subscriptions.db import make_engine
+    from subscriptions.models import Suppression, SuppressionReason
+
+    env = {"MAILMAG_SECRET_KEY": "s" * 40}
+    assert run(["migrate"], tmp_path, env).returncode == 0
+    done = run(
+        ["suppress", "Caller@Example.org", "--note", "phone call 2026-11-28 10:00"], tmp_path, env
+    )
+    assert done.returncode == 0, done.stderr
+    assert "suppressed" in done.stdout
+    bad = run(["suppress", "not an address", "--note", "x"], tmp_path, env)
+    assert bad.returncode == 2
+    engine = make_engine(f"sqlite:///{tmp_path}/mailmag.db")
+    with Session(engine) as session:
+        [entry] = session.exec(select(Suppression)).all()
+        assert entry.reason is SuppressionReason.manual
+        assert entry.note == "phone call 2026-11-28 10:00"
+    engine.dispose()
