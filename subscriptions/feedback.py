@@ -34,7 +34,7 @@ from subscriptions.models import (
     SubscriptionStatus,
     SuppressionReason,
 )
-from subscriptions.suppression import suppress
+from subscriptions.suppression import suppress_subscriber
 
 SCORE_HALF_LIFE = timedelta(days=7)
 
@@ -125,32 +125,24 @@ class StoreFeedback:
             )
             return f"unsubscribed from {magazine.slug}" if ended else "already unsubscribed"
         if feedback.kind is FeedbackKind.complaint:
-            self.lifecycle.end(
+            suppress_subscriber(
                 session,
+                self.lifecycle,
                 subscriber,
-                session.exec(select(Magazine)).all(),
-                Evidence(ConsentChannel.complaint),
-            )
-            suppress(
-                session,
-                digest=subscriber.address_digest,
                 reason=SuppressionReason.complaint,
+                channel=ConsentChannel.complaint,
                 note=feedback.detail,
+                status=SubscriptionStatus.unsubscribed,
             )
             return "complaint: unsubscribed from everything and suppressed"
         if feedback.kind is FeedbackKind.hard_bounce:
-            suppress(
+            suppress_subscriber(
                 session,
-                digest=subscriber.address_digest,
-                reason=SuppressionReason.hard_bounce,
-                note=feedback.detail,
-            )
-            self.lifecycle.end(
-                session,
+                self.lifecycle,
                 subscriber,
-                session.exec(select(Magazine)).all(),
-                Evidence(ConsentChannel.bounce),
-                status=SubscriptionStatus.suppressed,
+                reason=SuppressionReason.hard_bounce,
+                channel=ConsentChannel.bounce,
+                note=feedback.detail,
             )
             if delivery.status is DeliveryStatus.sent:
                 delivery.status = DeliveryStatus.failed
@@ -170,17 +162,12 @@ class StoreFeedback:
         session.add(subscriber)
         if subscriber.bounce_score < self.threshold:
             return f"soft bounce: score {subscriber.bounce_score:.2f}"
-        suppress(
+        suppress_subscriber(
             session,
-            digest=subscriber.address_digest,
-            reason=SuppressionReason.soft_bounce,
-            note=feedback.detail,
-        )
-        self.lifecycle.end(
-            session,
+            self.lifecycle,
             subscriber,
-            session.exec(select(Magazine)).all(),
-            Evidence(ConsentChannel.bounce),
-            status=SubscriptionStatus.suppressed,
+            reason=SuppressionReason.soft_bounce,
+            channel=ConsentChannel.bounce,
+            note=feedback.detail,
         )
         return f"soft bounces past {self.threshold:g}: suppressed"

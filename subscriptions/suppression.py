@@ -41,6 +41,28 @@ def suppress(
     return entry
 
 
+def suppress_subscriber(
+    session: Session,
+    lifecycle: Lifecycle,
+    subscriber: Subscriber,
+    *,
+    reason: SuppressionReason,
+    channel: ConsentChannel,
+    note: str = "",
+    status: SubscriptionStatus = SubscriptionStatus.suppressed,
+) -> int:
+    """Put a known subscriber on the list and stop every subscription of theirs at once,
+    each with its consent event on ``channel``; returns how many subscriptions ended."""
+    suppress(session, digest=subscriber.address_digest, reason=reason, note=note)
+    return lifecycle.end(
+        session,
+        subscriber,
+        session.exec(select(Magazine)).all(),
+        Evidence(channel),
+        status=status,
+    )
+
+
 def suppress_by_staff(
     session: Session, *, hasher: AddressHasher, lifecycle: Lifecycle, address: str, note: str
 ) -> int:
@@ -52,10 +74,11 @@ def suppress_by_staff(
     subscriber = session.exec(select(Subscriber).where(Subscriber.address_digest == digest)).first()
     if subscriber is None:
         return 0
-    return lifecycle.end(
+    return suppress_subscriber(
         session,
+        lifecycle,
         subscriber,
-        session.exec(select(Magazine)).all(),
-        Evidence(ConsentChannel.staff),
-        status=SubscriptionStatus.suppressed,
+        reason=SuppressionReason.manual,
+        channel=ConsentChannel.staff,
+        note=note,
     )
