@@ -40,6 +40,7 @@ class IssueCreate(BaseModel):
     html_body: str = Field(min_length=1, max_length=200_000)
     text_body: str | None = Field(default=None, max_length=200_000)
     locale: Locale = "en"
+    route: str | None = Field(default=None, max_length=64)
 
 
 class IssueUpdate(BaseModel):
@@ -50,6 +51,7 @@ class IssueUpdate(BaseModel):
     html_body: str | None = Field(default=None, min_length=1, max_length=200_000)
     text_body: str | None = Field(default=None, max_length=200_000)
     locale: Locale | None = None
+    route: str | None = Field(default=None, max_length=64)
 
 
 class IssuePublic(IssueBase):

@@ -31,6 +31,7 @@ class IssueAudience:
     issue_id: int
     magazine_id: int
     fields: frozenset[str]
+    route: str | None = None  # the processor receiving the recipients, if any
 
 
 class Audience(Protocol):

@@ -45,6 +45,11 @@ class IssueBase(SQLModel):
     html_body: str = Field(sa_type=Text)
     text_body: str | None = Field(default=None, sa_type=Text)
     locale: str = Field(default="en", max_length=8)
+    route: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Key of the processor that sends it; none = the operator's own relay.",
+    )
 
 
 class Issue(IssueBase, table=True):
@@ -56,7 +61,6 @@ class Issue(IssueBase, table=True):
     )
     status: IssueStatus = Field(default=IssueStatus.draft, sa_type=EnumText(IssueStatus))
     scheduled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    route: str | None = Field(default=None, max_length=64, description="Processor route key.")
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -18,7 +18,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -92,8 +92,10 @@ class DeliveryWorker:
         config: WorkerConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         bounces: FeedbackSink | None = None,
+        routes: Mapping[str, Transport] | None = None,
     ) -> None:
         self.bounces = bounces
+        self.routes = dict(routes or {})
         self.engine = engine
         self.audience = audience
         self.preparer = preparer
@@ -214,9 +216,13 @@ class DeliveryWorker:
             await asyncio.to_thread(self._read_feed)
         if (recipient.subscriber_id, state.audience.magazine_id) in self._withdrawn:
             return Result(claim, DeliveryStatus.skipped, reply="unsubscribed before sending")
+        route = state.issue.route
+        transport = self.routes.get(route) if route else self.transport
+        if transport is None:  # a processor without a transport: keep the mail, say why
+            return self._deferred(claim, state.issue.started_at, None, f"no route {route!r}")
         token = self.tokens.make(claim.delivery_id)
         message = state.prepared.message(recipient, token)
-        sent = await self.transport.send(
+        sent = await transport.send(
             Envelope(state.prepared.return_path(token), recipient.address, message)
         )
         if sent.outcome is Outcome.sent:
@@ -262,7 +268,11 @@ class DeliveryWorker:
                     async with asyncio.timeout(self.config.idle_seconds):
                         await self._wake.wait()
                 self._wake.clear()
-        await self.transport.close()
+        await self.close()
+
+    async def close(self) -> None:
+        for transport in (self.transport, *self.routes.values()):
+            await transport.close()
 
     def nudge(self) -> None:
         """Look for work at once (an issue started); safe from any thread."""

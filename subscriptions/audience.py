@@ -22,7 +22,7 @@ from mailer.audience import IssueAudience, Recipient
 from mailer.clock import utcnow
 from mailer.columns import UTCDateTime
 from mailer.compose import IssueContent, PreparedIssue, SenderProfile
-from mailer.errors import MailerError
+from mailer.errors import MailerError, NotCompliant
 from mailer.models import Issue
 from mailer.signing import DKIMSigner
 from mailer.transactions import for_writing
@@ -34,6 +34,7 @@ from subscriptions.models import (
     ConsentPurpose,
     Magazine,
     Subscriber,
+    TransferRecord,
     localised,
 )
 from subscriptions.paths import TEMPLATES_DIR
@@ -73,8 +74,8 @@ class StoreAudience:
     def expand(self, audience: IssueAudience) -> int:
         # The statement is parsed in SQLite's "INSERT ... SELECT ... ON CONFLICT" form; the
         # ORDER BY keeps its grammar unambiguous there and the delivery order stable.
-        with for_writing(self.engine).begin() as conn:
-            result = conn.execute(
+        with Session(for_writing(self.engine)) as session:
+            result = session.execute(
                 _EXPAND,
                 {
                     "issue_id": audience.issue_id,
@@ -82,7 +83,22 @@ class StoreAudience:
                     "now": utcnow(),
                 },
             )
-        return int(result.rowcount)
+            queued = int(result.rowcount)  # type: ignore[attr-defined]
+            if audience.route is not None and queued:
+                magazine = session.get(Magazine, audience.magazine_id)
+                session.add(
+                    TransferRecord(
+                        party=audience.route,
+                        party_kind="processor",
+                        issue_id=audience.issue_id,
+                        fields=",".join(sorted(audience.fields | {"email"})),
+                        people=queued,
+                        purpose=magazine.purpose if magazine else "",
+                        legal_basis="entrustment (APPI Art. 27(5)(i))",
+                    )
+                )
+            session.commit()
+        return queued
 
     def recipients(self, audience: IssueAudience, subscriber_ids: Iterable[int]) -> list[Recipient]:
         ids = list(subscriber_ids)
@@ -190,8 +206,28 @@ class StorePreparer:
             gettext_for(issue.locale),
             self.signer,
         )
-        audience = IssueAudience(issue.id or 0, issue.magazine_id, prepared.fields)
+        self.check_route(issue.route, prepared.fields)
+        audience = IssueAudience(issue.id or 0, issue.magazine_id, prepared.fields, issue.route)
         return prepared, audience
+
+    def check_route(self, route: str | None, fields: frozenset[str]) -> None:
+        """Refuse an issue whose processor may not receive what its template uses."""
+        if route is None:
+            return
+        processor = self.registry.processor(route)
+        if processor is None:
+            raise NotCompliant(f"there is no processor {route!r}")
+        reason = processor.unusable(utcnow().date())
+        if reason:
+            raise NotCompliant(f"processor {processor.name} may receive nothing: {reason}")
+        if processor.smtp is None:
+            raise NotCompliant(f"processor {processor.name} has no SMTP route")
+        for field in sorted(fields | {"email"}):
+            if field not in processor.fields:
+                raise NotCompliant(
+                    f"the template uses subscriber.{field}, which processor "
+                    f"{processor.name} may not receive"
+                )
 
     def sender(self, locale: str) -> SenderProfile:
         operator = self.registry.operator

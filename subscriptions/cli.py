@@ -223,7 +223,7 @@ def send(
                     task, total=found.total, completed=found.done, rate=found.rate_per_second
                 )
                 if not handled:
-                    await delivery.transport.close()
+                    await delivery.close()
                     return found
 
     found = asyncio.run(main())

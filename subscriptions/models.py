@@ -367,3 +367,24 @@ class WebhookEvent(SQLModel, table=True):
     kind: str = Field(max_length=24)
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     outcome: str = Field(default="", max_length=500)
+
+
+# --- Transfer records -------------------------------------------------------------------------
+
+
+class TransferRecord(SQLModel, table=True):
+    """A hand-off of personal data to another party: to whom, which fields, how many people,
+    why, on what legal basis, when. The people are the issue's deliveries (per subscriber)."""
+
+    __tablename__ = "transfer_record"
+
+    id: int | None = Field(default=None, primary_key=True)
+    party: str = Field(max_length=64, index=True)
+    party_kind: str = Field(max_length=24, description="processor, joint_user, third_party")
+    issue_id: int | None = Field(default=None, index=True)
+    fields: str = Field(max_length=200)
+    people: int
+    purpose: str = Field(max_length=64)
+    legal_basis: str = Field(max_length=200)
+    triggered_by: str = Field(default="mailmag", max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)

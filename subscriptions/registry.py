@@ -10,9 +10,10 @@ magazine must serve a listed purpose of use.
 from __future__ import annotations
 
 import tomllib
+from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -120,6 +121,43 @@ class MagazineEntry(Frozen):
 PROFILE_FIELDS = ("email", "name", "company", "department", "title", "phone")
 
 
+class SMTPRoute(Frozen):
+    """How a processor receives the messages it sends for us (its password is a setting:
+    ``MAILMAG_PROCESSOR_PASSWORDS='{"<key>": "..."}'``)."""
+
+    host: str
+    port: int = Field(default=587, ge=1, le=65535)
+    tls: Literal["none", "starttls", "tls"] = "starttls"
+    username: str | None = None
+
+
+class Processor(Frozen):
+    """A party entrusted with handling personal data for us (APPI Art. 27(5)(i))."""
+
+    key: Key
+    name: str
+    contract_reference: str
+    contract_date: date
+    contract_end: date | None = None
+    country: CountryCode
+    purposes: tuple[Key, ...]
+    fields: tuple[str, ...]
+    retention_days: int = Field(ge=0)
+    next_review: date
+    active: bool = True
+    smtp: SMTPRoute | None = None
+
+    def unusable(self, today: date) -> str | None:
+        """Why the processor may receive nothing today, or None."""
+        if not self.active:
+            return "it is inactive"
+        if self.contract_end is not None and self.contract_end < today:
+            return f"its contract ended on {self.contract_end.isoformat()}"
+        if self.next_review < today:
+            return f"its review was due on {self.next_review.isoformat()}"
+        return None
+
+
 class Registry(Frozen):
     policy_url: str
     operator: Operator
@@ -133,6 +171,7 @@ class Registry(Frozen):
     contact_point: ContactPoint
     fields: Fields
     magazines: tuple[MagazineEntry, ...] = ()
+    processors: tuple[Processor, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -163,6 +202,14 @@ class Registry(Frozen):
         for magazine in self.magazines:
             if magazine.purpose not in purposes:
                 raise ValueError(f"magazine {magazine.slug}: unknown purpose {magazine.purpose}")
+        for processor in self.processors:
+            unknown = set(processor.fields) - set(PROFILE_FIELDS)
+            if unknown:
+                raise ValueError(f"processor {processor.key}: unknown fields {sorted(unknown)}")
+            if set(processor.purposes) - purposes:
+                raise ValueError(f"processor {processor.key}: unknown purpose")
+            if processor.smtp is not None and "email" not in processor.fields:
+                raise ValueError(f"processor {processor.key} sends mail but may not see addresses")
         for field in self.fields.required:
             if field not in PROFILE_FIELDS:
                 raise ValueError(f"fields.required: unknown field {field}")
@@ -185,6 +232,9 @@ class Registry(Frozen):
 
     def category(self, key: str) -> DataCategory:
         return next(c for c in self.data_categories if c.key == key)
+
+    def processor(self, key: str) -> Processor | None:
+        return next((p for p in self.processors if p.key == key), None)
 
     def joint_user(self, key: str) -> JointUser | None:
         return next((u for u in self.joint_use.users if u.key == key), None)

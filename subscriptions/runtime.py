@@ -21,7 +21,7 @@ from mailer.ratelimit import Limit, SlidingWindow
 from mailer.scheduler import Scheduler
 from mailer.sending import start_issue
 from mailer.signing import DKIMSigner
-from mailer.transport import SMTPTransport, Transport
+from mailer.transport import SMTPRelay, SMTPTransport, TLSMode, Transport
 from mailer.verp import DeliveryTokens
 from mailer.worker import DeliveryWorker, WorkerConfig
 from subscriptions import maintenance
@@ -107,6 +107,31 @@ class Runtime:
             ),
         )
 
+    def routes(self) -> dict[str, Transport]:
+        """A transport per processor with an SMTP route (all to the capture server when no
+        relay is configured, so the embedded default never mails anyone for real)."""
+        routes: dict[str, Transport] = {}
+        settings = self.settings
+        for processor in self.registry.processors:
+            if processor.smtp is None:
+                continue
+            if settings.captures_mail:
+                routes[processor.key] = self.transport()
+                continue
+            password = settings.processor_passwords.get(processor.key)
+            routes[processor.key] = SMTPTransport(
+                SMTPRelay(
+                    host=processor.smtp.host,
+                    port=processor.smtp.port,
+                    tls=TLSMode(processor.smtp.tls),
+                    username=processor.smtp.username,
+                    password=password.get_secret_value() if password else None,
+                    timeout=settings.smtp_timeout,
+                    pool_size=settings.smtp_pool_size,
+                )
+            )
+        return routes
+
     def delivery_worker(self) -> DeliveryWorker:
         return DeliveryWorker(
             self.engine,
@@ -120,6 +145,7 @@ class Runtime:
                 retry_deadline=timedelta(days=self.settings.retry_days),
             ),
             bounces=self.feedback(),
+            routes=self.routes(),
         )
 
     def start_issue(self, issue_id: int) -> int:

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     brake_complaint_rate: Annotated[float, Field(ge=0, le=1)] = 0.001
     brake_bounce_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
     brake_min_deliveries: Annotated[int, Field(ge=1)] = 1000
+    processor_passwords: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description='SMTP passwords of processor routes, as JSON: {"<processor key>": "..."}.',
+    )
     webhook_secret: SecretStr | None = Field(
         default=None, description="Shared secret of the provider feedback webhook; unset = off."
     )

@@ -261,7 +261,7 @@ def test_too_many_complaints_or_bounces_pause_a_running_issue(
         sent_first = await worker.run_once()  # the issue is under way: 10 of 30 sent
         await asyncio.to_thread(report_the_first_message)
         sent_after = await worker.run_once()
-        await worker.transport.close()
+        await worker.close()
         return sent_first, sent_after
 
     try:

@@ -87,7 +87,7 @@ def worker_for(
 async def drain(worker: DeliveryWorker) -> None:
     while await worker.run_once():
         pass
-    await worker.transport.close()
+    await worker.close()
 
 
 def deliveries(engine: Engine, issue_id: int) -> list[Delivery]:
