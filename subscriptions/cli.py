@@ -14,6 +14,7 @@ import sys
 import threading
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -35,7 +36,14 @@ from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
 from subscriptions.auth import issue_token
 from subscriptions.db import check_connection, for_writing, make_engine
-from subscriptions.errors import ConfigurationError, InvalidInput, MailmagError, StoreError
+from subscriptions.errors import (
+    ConfigurationError,
+    InvalidInput,
+    MailmagError,
+    StoreError,
+    TransferRefused,
+)
+from subscriptions.joint_use import export_for
 from subscriptions.models import StaffRole, StaffUser, StaffUserCreate
 from subscriptions.runtime import Runtime, build_runtime
 from subscriptions.settings import Settings, load_settings
@@ -233,6 +241,42 @@ def send(
     out.print(f"issue {issue_id} is {found.status}: {counts or 'no recipients'}")
     if found.counts.get("deferred"):
         out.print("deferred deliveries are retried later by `mailmag serve` or `mailmag worker`")
+
+
+joint_app = typer.Typer(help="Joint use with group companies.", no_args_is_help=True)
+app.add_typer(joint_app, name="joint-use")
+
+
+@joint_app.command("export")
+def joint_use_export(
+    company: Annotated[str, typer.Argument(help="The joint user's key in the registry.")],
+    output: Annotated[Path, typer.Option("--out", help="File to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="json or csv.")] = "csv",
+    fields: Annotated[str, typer.Option(help="Comma-separated subset of its categories.")] = "",
+) -> None:
+    """Export, for one group company, only its categories and only consenting people;
+    the hand-off is recorded as a transfer."""
+    if fmt not in ("json", "csv"):
+        _fail("--format: json or csv")
+    settings = load_settings()
+    runtime = _runtime(settings)
+    wanted = tuple(f.strip() for f in fields.split(",") if f.strip()) or None
+    with Session(for_writing(runtime.engine)) as session:
+        try:
+            export = export_for(
+                session,
+                runtime.registry,
+                company,
+                fields=wanted,
+                triggered_by="mailmag joint-use export",
+            )
+        except TransferRefused as exc:
+            _fail(str(exc))
+        output.write_text(export.as_json() if fmt == "json" else export.as_csv(), encoding="utf-8")
+        session.commit()
+    out.print(f"{len(export.rows)} people exported to {output} (transfer {export.transfer_id})")
+    for reason, count in export.left_out.items():
+        out.print(f"left out, {reason}: {count}")
 
 
 @app.command("suppress")

@@ -9,7 +9,8 @@ The tree::
     ├── AlreadyExists            a unique thing (staff account, magazine...) exists already
     ├── InvalidInput             a value a person gave is not acceptable; names the field
     ├── RateLimited              too many requests from one client or for one address
-    └── BadToken                 a signed link or form token is forged, expired or used
+    ├── BadToken                 a signed link or form token is forged, expired or used
+    └── TransferRefused          a hand-off of personal data the notice did not promise
 
 Each message names what is wrong in words an operator can act on.
 """
@@ -56,3 +57,7 @@ class RateLimited(MailmagError):
 
 class BadToken(MailmagError):
     """A signed token is forged, expired, meant for another action, or already used."""
+
+
+class TransferRefused(MailmagError):
+    """A transfer (export, provision) of personal data that the notice does not allow."""

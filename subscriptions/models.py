@@ -388,3 +388,22 @@ class TransferRecord(SQLModel, table=True):
     legal_basis: str = Field(max_length=200)
     triggered_by: str = Field(default="mailmag", max_length=100)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
+
+
+class TransferSubject(SQLModel, table=True):
+    """One person in a transfer without deliveries (a joint-use export): so a disclosure
+    request can say who received this person's data. Kept by keyed hash after erasure."""
+
+    __tablename__ = "transfer_subject"
+
+    id: int | None = Field(default=None, primary_key=True)
+    transfer_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("transfer_record.id", ondelete="CASCADE"), nullable=False
+        )
+    )
+    subscriber_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL"), index=True),
+    )
+    subject_digest: str = Field(max_length=64, index=True)

@@ -220,3 +220,18 @@ def test_staff_can_suppress_an_address_from_the_shell(tmp_path: Path) -> None:
         assert entry.reason is SuppressionReason.manual
         assert entry.note == "phone call 2026-11-28 10:00"
     engine.dispose()
+
+
+def test_joint_use_export_from_the_shell(tmp_path: Path) -> None:
+    env = {"MAILMAG_SECRET_KEY": "s" * 40}
+    assert run(["migrate"], tmp_path, env).returncode == 0
+    done = run(["joint-use", "export", "sakura-america", "--out", "us.csv"], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "us.csv").read_text().startswith("company,department,title,name,email")
+    refused = run(
+        ["joint-use", "export", "sakura-america", "--out", "x.csv", "--fields", "phone"],
+        tmp_path,
+        env,
+    )
+    assert refused.returncode == 2
+    assert "phone is not a category jointly used with sakura-america" in refused.stderr
