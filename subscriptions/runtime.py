@@ -161,6 +161,7 @@ class Runtime:
             self.optin,
             timedelta(minutes=self.settings.form_token_minutes),
             timedelta(days=self.settings.inbound_retention_days),
+            timedelta(days=self.settings.transfer_retention_days),
         )
 
     async def start_loops(self, *, delivery: bool = True) -> None:

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         default=None, description="Shared secret of the provider feedback webhook; unset = off."
     )
+    transfer_retention_days: Annotated[int, Field(ge=1)] = Field(
+        default=3 * 365 + 1, description="Transfer records are purged after this."
+    )
     inbound_retention_days: Annotated[int, Field(ge=1)] = Field(
         default=30, description="Raw bounce and complaint messages are purged after this."
     )

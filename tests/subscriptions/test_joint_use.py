@@ -131,3 +131,28 @@ def test_asking_for_more_than_the_notice_promised_is_refused(
         export_for(session, runtime.registry, company, fields=fields)
     with Session(engine) as session:
         assert session.exec(select(TransferRecord)).all() == []
+
+
+def test_transfer_records_are_purged_after_their_retention_and_not_before(
+    app: FastAPI, engine: Engine
+) -> None:
+    from datetime import timedelta
+
+    from mailer.clock import utcnow
+    from subscriptions import maintenance
+
+    people(app, engine)
+    runtime: Runtime = app.state.runtime
+    with Session(for_writing(engine)) as session:
+        old = export_for(session, runtime.registry, "sakura-solutions-jp")
+        export_for(session, runtime.registry, "sakura-solutions-jp")
+        record = session.get(TransferRecord, old.transfer_id)
+        assert record is not None
+        record.created_at = utcnow() - timedelta(days=3 * 365 + 2)
+        session.add(record)
+        session.commit()
+    purged = maintenance.run_once(engine, runtime.optin, timedelta(hours=2))
+    assert purged.transfer_records == 1
+    with Session(engine) as session:
+        assert len(session.exec(select(TransferRecord)).all()) == 1
+        assert len(session.exec(select(TransferSubject)).all()) == 3
