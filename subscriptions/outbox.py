@@ -1,6 +1,7 @@
 """The outbox sender: delivers queued system mails through the configured transport.
 
-Rows are claimed in small batches; each row's state changes only after the relay's reply is
+Rows are claimed in small batches under a lease, so several web processes never send the
+same mail twice while all are alive; each row's state changes only after the relay's reply is
 known (sent, or retried with backoff on a temporary failure, or failed on a permanent one).
 ``OutboxSender.run`` loops in the web process, woken at once when a request queues a mail.
 """
@@ -10,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
 from mailer.clock import utcnow
+from mailer.columns import UTCDateTime
 from mailer.transport import Envelope, Outcome, Transport
 from subscriptions.db import for_writing
 from subscriptions.models import SystemMail, SystemMailStatus
@@ -24,6 +28,14 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 BATCH = 50
+LEASE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    id: int
+    recipient: str
+    message: bytes
 
 
 def _backoff(attempts: int) -> timedelta:
@@ -44,17 +56,26 @@ class OutboxSender:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self.wake.set)
 
-    def _due(self) -> list[SystemMail]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            return list(
-                session.exec(
-                    select(SystemMail)
-                    .where(SystemMail.status == SystemMailStatus.queued)
-                    .where(col(SystemMail.next_attempt_at) <= utcnow())
-                    .order_by(col(SystemMail.id))
-                    .limit(BATCH)
-                ).all()
-            )
+    def _due(self) -> list[Claimed]:
+        """Claim the mails due now by pushing their next attempt one lease ahead, so another
+        web process skips them (on PostgreSQL with SKIP LOCKED); a mail whose sender died is
+        due again when the lease runs out."""
+        now = utcnow()
+        due = (
+            "SELECT id FROM system_mail WHERE status = 'queued' AND next_attempt_at <= :now "
+            "ORDER BY id LIMIT :limit"
+        )
+        if self.engine.dialect.name == "postgresql":
+            due += " FOR UPDATE SKIP LOCKED"
+        statement = text(
+            f"UPDATE system_mail SET next_attempt_at = :until WHERE id IN ({due}) "  # noqa: S608
+            "RETURNING id, recipient, message"
+        ).bindparams(bindparam("now", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime()))
+        with for_writing(self.engine).begin() as conn:
+            rows = conn.execute(statement, {"now": now, "until": now + LEASE, "limit": BATCH}).all()
+        return sorted(
+            (Claimed(r.id, r.recipient, bytes(r.message)) for r in rows), key=lambda c: c.id
+        )
 
     def _record(self, mail_id: int, outcome: Outcome, reply: str) -> None:
         with Session(for_writing(self.engine)) as session:
@@ -77,7 +98,6 @@ class OutboxSender:
         """Send every mail that is due now; return how many were attempted."""
         mails = await asyncio.to_thread(self._due)
         for mail in mails:
-            assert mail.id is not None
             result = await self.transport.send(
                 Envelope(self.return_path, mail.recipient, mail.message)
             )
