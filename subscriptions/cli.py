@@ -23,15 +23,16 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from mailer import queue
 from mailer.clock import utcnow
 from mailer.errors import MailerError
 from mailer.inbound import inbound_server
 from mailer.queue import Progress
-from subscriptions import consent, schema
+from subscriptions import consent, parties, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
 from subscriptions.auth import issue_token
@@ -44,7 +45,7 @@ from subscriptions.errors import (
     TransferRefused,
 )
 from subscriptions.joint_use import export_for
-from subscriptions.models import StaffRole, StaffUser, StaffUserCreate
+from subscriptions.models import PartyNotice, StaffRole, StaffUser, StaffUserCreate
 from subscriptions.runtime import Runtime, build_runtime
 from subscriptions.settings import Settings, load_settings
 from subscriptions.staff import create_staff_user, normalise_staff_email
@@ -277,6 +278,46 @@ def joint_use_export(
     out.print(f"{len(export.rows)} people exported to {output} (transfer {export.transfer_id})")
     for reason, count in export.left_out.items():
         out.print(f"left out, {reason}: {count}")
+
+
+parties_app = typer.Typer(
+    help="Opt-outs to pass on to processors and joint users.", no_args_is_help=True
+)
+app.add_typer(parties_app, name="parties")
+
+
+@parties_app.command("pending")
+def parties_pending() -> None:
+    """How many opt-out notices wait for each party."""
+    settings = load_settings()
+    runtime = _runtime(settings)
+    with Session(runtime.engine) as session:
+        rows = session.exec(
+            select(PartyNotice.party, func.count()).group_by(col(PartyNotice.party))
+        ).all()
+    if not rows:
+        out.print("no notices pending")
+    for party, count in rows:
+        out.print(f"{party}: {count}")
+
+
+@parties_app.command("export")
+def parties_export(
+    party: Annotated[str, typer.Argument(help="Processor or joint-user key.")],
+    output: Annotated[Path, typer.Option("--out", help="JSON file to write.")],
+) -> None:
+    """Write a party's pending opt-out notices to a file for them, and clear them (the
+    hand-over is recorded as a transfer)."""
+    settings = load_settings()
+    runtime = _runtime(settings)
+    with Session(for_writing(runtime.engine)) as session:
+        notices = parties.hand_over(session, party, triggered_by="mailmag parties export")
+        output.write_text(
+            json.dumps({"party": party, "notices": notices}, ensure_ascii=False, indent=2),
+            encoding="utf-8",
+        )
+        session.commit()
+    out.print(f"{len(notices)} notices for {party} written to {output}")
 
 
 @app.command("suppress")

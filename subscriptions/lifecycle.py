@@ -21,7 +21,7 @@ from datetime import datetime
 from sqlmodel import Session, select
 
 from mailer.clock import utcnow
-from subscriptions import consent
+from subscriptions import consent, parties
 from subscriptions.addresses import AddressHasher
 from subscriptions.consent import Evidence
 from subscriptions.models import (
@@ -51,6 +51,8 @@ class Lifecycle:
         scope: str = "",
         at: datetime | None = None,
     ) -> ConsentEvent:
+        if action is ConsentAction.withdrawn:
+            parties.notify(session, subscriber, purpose, scope, evidence.channel)
         return consent.append(
             session,
             subscriber=subscriber,

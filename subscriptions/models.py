@@ -407,3 +407,19 @@ class TransferSubject(SQLModel, table=True):
         sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL"), index=True),
     )
     subject_digest: str = Field(max_length=64, index=True)
+
+
+class PartyNotice(SQLModel, table=True):
+    """An opt-out to pass on to a party that holds the person's data (a processor that sent
+    them mail, a joint user that received an export). Written in the same transaction as the
+    withdrawal; handed over with ``mailmag parties export``; deleted once handed over."""
+
+    __tablename__ = "party_notice"
+
+    id: int | None = Field(default=None, primary_key=True)
+    party: str = Field(max_length=64, index=True)
+    party_kind: str = Field(max_length=24)
+    subject_digest: str = Field(max_length=64)
+    address: str = Field(max_length=320, description="So the party can find the person.")
+    change: str = Field(max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

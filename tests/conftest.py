@@ -9,6 +9,7 @@ must mean both engines passed.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import URL, Engine
 from sqlmodel import Session
 
+from mailer.clock import utcnow
 from subscriptions.app import create_app
 from subscriptions.db import make_engine
+from subscriptions.registry import EXAMPLE_REGISTRY
 from subscriptions.settings import Settings
 from tests.support.databases import (
     postgres_available,
@@ -108,3 +111,17 @@ def app(settings: Settings, engine: Engine) -> FastAPI:
 def client(app: FastAPI) -> Iterator[TestClient]:
     with TestClient(app) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def routed_app(settings: Settings, engine: Engine, tmp_path: Path) -> FastAPI:
+    """The example registry with its processor's review a year ahead (so tests do not age),
+    served without a worker or scheduler of its own."""
+    text = EXAMPLE_REGISTRY.read_text(encoding="utf-8").replace(
+        "next_review = 2027-03-31", f"next_review = {utcnow().date() + timedelta(days=365)}"
+    )
+    registry = tmp_path / "registry.toml"
+    registry.write_text(text, encoding="utf-8")
+    return create_app(
+        settings.model_copy(update={"registry_file": registry}), engine=engine, delivery=False
+    )

@@ -6,38 +6,21 @@ from __future__ import annotations
 
 import asyncio
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from mailer.clock import utcnow
 from mailer.errors import NotCompliant
 from mailer.models import Issue
 from mailer.transport import SMTPRelay, SMTPTransport
-from subscriptions.app import create_app
 from subscriptions.db import for_writing
 from subscriptions.models import Subscriber, TransferRecord
-from subscriptions.registry import EXAMPLE_REGISTRY, load_registry
+from subscriptions.registry import load_registry
 from subscriptions.runtime import Runtime
-from subscriptions.settings import Settings
 from tests.mailer.test_sending import drain, seed, worker_for
 from tests.support.smtp import SMTPSink
-
-
-@pytest.fixture
-def routed_app(settings: Settings, engine: Engine, tmp_path: Path) -> FastAPI:
-    """The example registry with the processor's review a year ahead (so tests do not age)."""
-    text = EXAMPLE_REGISTRY.read_text(encoding="utf-8").replace(
-        "next_review = 2027-03-31", f"next_review = {utcnow().date() + timedelta(days=365)}"
-    )
-    registry = tmp_path / "registry.toml"
-    registry.write_text(text, encoding="utf-8")
-    return create_app(
-        settings.model_copy(update={"registry_file": registry}), engine=engine, delivery=False
-    )
 
 
 def with_route(engine: Engine, issue_id: int, route: str, html: str) -> None:
