@@ -32,7 +32,7 @@ from mailer.clock import utcnow
 from mailer.errors import MailerError
 from mailer.inbound import inbound_server
 from mailer.queue import Progress
-from subscriptions import consent, parties, schema
+from subscriptions import consent, parties, provision, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
 from subscriptions.auth import issue_token
@@ -318,6 +318,38 @@ def parties_export(
         )
         session.commit()
     out.print(f"{len(notices)} notices for {party} written to {output}")
+
+
+@app.command("provide")
+def provide_command(
+    party: Annotated[str, typer.Option(help="Who receives the data (e.g. a police station).")],
+    basis: Annotated[str, typer.Option(help="law | life | public-health | authority")],
+    reference: Annotated[str, typer.Option(help="The request: order number, letter reference.")],
+    address: Annotated[list[str], typer.Option(help="Whose data (repeat the option).")],
+    fields: Annotated[str, typer.Option(help="Comma-separated fields to hand over.")],
+    staff: Annotated[str, typer.Option(help="Who decided, for the record.")],
+    output: Annotated[Path, typer.Option("--out", help="JSON file to write.")],
+) -> None:
+    """Provide personal data to a third party: only with a legal basis, always recorded."""
+    settings = load_settings()
+    runtime = _runtime(settings)
+    with Session(for_writing(runtime.engine)) as session:
+        try:
+            bundle = provision.provide(
+                session,
+                runtime.optin.hasher,
+                party=party,
+                basis=basis,
+                reference=reference,
+                addresses=address,
+                fields=tuple(f.strip() for f in fields.split(",") if f.strip()),
+                staff=staff,
+            )
+        except (TransferRefused, InvalidInput) as exc:
+            _fail(str(exc))
+        output.write_text(provision.as_json(bundle), encoding="utf-8")
+        session.commit()
+    out.print(f"{len(bundle['people'])} people provided to {party}; recorded as a transfer")
 
 
 @app.command("suppress")

@@ -235,3 +235,55 @@ def test_joint_use_export_from_the_shell(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2
     assert "phone is not a category jointly used with sakura-america" in refused.stderr
+
+
+def test_third_party_provision_needs_a_legal_basis_and_is_recorded(tmp_path: Path) -> None:
+    from sqlmodel import Session, select
+
+    from subscriptions.addresses import AddressHasher
+    from subscriptions.db import for_writing, make_engine
+    from subscriptions.models import Subscriber, TransferRecord, TransferSubject
+
+    secret = "s" * 40
+    env = {"MAILMAG_SECRET_KEY": secret}
+    assert run(["migrate"], tmp_path, env).returncode == 0
+    engine = make_engine(f"sqlite:///{tmp_path}/mailmag.db")
+    with Session(for_writing(engine)) as session:
+        session.add(
+            Subscriber(
+                email="asked@example.org",
+                name="Asked",
+                phone="000",
+                address_digest=AddressHasher(secret.encode()).digest("asked@example.org"),
+            )
+        )
+        session.commit()
+    common = [
+        "provide",
+        "--party",
+        "Chiyoda Police Station",
+        "--reference",
+        "order 2026-123",
+        "--address",
+        "asked@example.org",
+        "--fields",
+        "email,name",
+        "--staff",
+        "privacy officer",
+        "--out",
+        "out.json",
+    ]
+    refused = run([*common, "--basis", "because"], tmp_path, env)
+    assert refused.returncode == 2
+    assert "without a legal basis" in refused.stderr
+    done = run([*common, "--basis", "law"], tmp_path, env)
+    assert done.returncode == 0, done.stderr
+    bundle = (tmp_path / "out.json").read_text()
+    assert "Asked" in bundle
+    assert "000" not in bundle  # the phone was not asked for
+    with Session(engine) as session:
+        [record] = session.exec(select(TransferRecord)).all()
+        assert record.party_kind == "third_party"
+        assert record.legal_basis.startswith("required by law")
+        assert len(session.exec(select(TransferSubject)).all()) == 1
+    engine.dispose()
