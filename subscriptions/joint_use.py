@@ -25,10 +25,9 @@ from subscriptions.models import (
     ConsentPurpose,
     NoticeVersion,
     Subscriber,
-    TransferRecord,
-    TransferSubject,
 )
 from subscriptions.registry import Registry
+from subscriptions.transfers import record_transfer
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,25 +101,16 @@ def export_for(
                 continue
         rows.append({field: getattr(subscriber, field) or "" for field in wanted})
         chosen.append(subscriber)
-    record = TransferRecord(
+    record = record_transfer(
+        session,
         party=company,
         party_kind="joint_user",
-        fields=",".join(wanted),
-        people=len(rows),
+        fields=wanted,
+        people=chosen,
         purpose="joint use",
         legal_basis="joint use with consent (APPI Art. 27(5)(iii))"
         + ("; transfer abroad with consent (APPI Art. 28)" if abroad else ""),
-        triggered_by=triggered_by[:100],
+        triggered_by=triggered_by,
     )
-    session.add(record)
-    session.flush()
     assert record.id is not None
-    for subscriber in chosen:
-        session.add(
-            TransferSubject(
-                transfer_id=record.id,
-                subscriber_id=subscriber.id,
-                subject_digest=subscriber.address_digest,
-            )
-        )
     return JointUseExport(company, wanted, rows, dict(left_out), record.id)

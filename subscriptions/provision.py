@@ -15,8 +15,9 @@ from sqlmodel import Session, select
 
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.errors import TransferRefused
-from subscriptions.models import Subscriber, TransferRecord, TransferSubject
+from subscriptions.models import Subscriber
 from subscriptions.registry import PROFILE_FIELDS
+from subscriptions.transfers import record_transfer
 
 # APPI Art. 27(1): the exceptions to the consent requirement.
 LEGAL_BASES = {
@@ -55,24 +56,16 @@ def provide(
         ).first()
         if subscriber is not None:
             people.append(subscriber)
-    record = TransferRecord(
-        party=party[:64],
+    record_transfer(
+        session,
+        party=party,
         party_kind="third_party",
-        fields=",".join(fields),
-        people=len(people),
-        purpose=f"provision: {reference.strip()}"[:64],
+        fields=fields,
+        people=people,
+        purpose=f"provision: {reference.strip()}",
         legal_basis=LEGAL_BASES[basis],
-        triggered_by=staff[:100],
+        triggered_by=staff,
     )
-    session.add(record)
-    session.flush()
-    assert record.id is not None
-    for person in people:
-        session.add(
-            TransferSubject(
-                transfer_id=record.id, subscriber_id=person.id, subject_digest=person.address_digest
-            )
-        )
     return {
         "party": party,
         "legal_basis": LEGAL_BASES[basis],
