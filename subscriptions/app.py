@@ -21,6 +21,7 @@ from subscriptions import schema
 from subscriptions.auth import require_roles
 from subscriptions.db import make_engine
 from subscriptions.errors import BadToken
+from subscriptions.metrics import Metrics, metrics_router
 from subscriptions.models import StaffRole
 from subscriptions.routes import captured, health, public, webhook
 from subscriptions.runtime import build_runtime
@@ -59,6 +60,11 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    metrics = Metrics(runtime.engine)
+    app.state.metrics = metrics
+    app.middleware("http")(metrics.middleware)
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    app.include_router(metrics_router(metrics, token))
     app.add_exception_handler(BadToken, public.bad_link)
     app.include_router(health.router)
     app.include_router(public.router)

@@ -117,6 +117,9 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='SMTP passwords of processor routes, as JSON: {"<processor key>": "..."}.',
     )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="Bearer token the /metrics scraper must send; unset = open."
+    )
     webhook_secret: SecretStr | None = Field(
         default=None, description="Shared secret of the provider feedback webhook; unset = off."
     )

@@ -227,6 +227,7 @@ async def subscribe_submit(
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
     runtime.wake_outbox()
+    request.app.state.metrics.count("sign_up", "web_form")
     return message(
         runtime,
         request,
@@ -302,6 +303,7 @@ def api_subscribe(
             headers={"Retry-After": str(exc.retry_after)},
         )
     runtime.wake_outbox()
+    request.app.state.metrics.count("sign_up", "api")
     return Accepted(detail="if the address can receive mail, a confirmation request is on its way")
 
 
@@ -333,6 +335,7 @@ def confirm_submit(
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
     subscriber = runtime.optin.confirm(session, token, client_of(request))
+    request.app.state.metrics.count("confirm", "link")
     return message(
         runtime,
         request,
@@ -541,6 +544,7 @@ def unsubscribe_submit(
     runtime.self_service.unsubscribe(
         session, subscriber, scope, Evidence(channel, client.ip, client.user_agent)
     )
+    request.app.state.metrics.count("unsubscribe", channel.value)
     if one_click is not None:
         return Response("unsubscribed", media_type="text/plain")
     return message(
