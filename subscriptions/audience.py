@@ -105,10 +105,8 @@ class StoreAudience:
         if not ids:
             return []
         statement = text(_RECIPIENTS).bindparams(bindparam("ids", expanding=True))
+        slug = self._slug_of(audience.magazine_id)
         with self.engine.connect() as conn:
-            slug = conn.execute(
-                text("SELECT slug FROM magazine WHERE id = :id"), {"id": audience.magazine_id}
-            ).scalar_one()
             rows = conn.execute(statement, {"magazine_id": audience.magazine_id, "ids": ids}).all()
         found = []
         for row in rows:
@@ -131,6 +129,19 @@ class StoreAudience:
             )
         return found
 
+    def _load_magazines(self, session: Session) -> None:
+        # Slugs are permanent, so the map only ever grows: reload when one is missing.
+        self._slugs = {m.slug: m.id or 0 for m in session.exec(select(Magazine)).all()}
+
+    def _slug_of(self, magazine_id: int) -> str:
+        """The magazine's slug, from the cache the withdrawal feed shares (no query per batch)."""
+        for slug, known_id in self._slugs.items():
+            if known_id == magazine_id:
+                return slug
+        with Session(self.engine) as session:
+            self._load_magazines(session)
+        return next(slug for slug, known_id in self._slugs.items() if known_id == magazine_id)
+
     def withdrawn_since(self, cursor: int) -> tuple[int, set[tuple[int, int]]]:
         with Session(self.engine) as session:
             if cursor < 0:
@@ -149,7 +160,7 @@ class StoreAudience:
                 select(col(ConsentEvent.seq)).order_by(col(ConsentEvent.seq).desc()).limit(1)
             ).first()
             if rows and any(scope not in self._slugs for _, _, scope in rows):
-                self._slugs = {m.slug: m.id or 0 for m in session.exec(select(Magazine)).all()}
+                self._load_magazines(session)
         withdrawn = {
             (subscriber_id, self._slugs.get(scope, 0))
             for _, subscriber_id, scope in rows
