@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Self
 
 from pydantic import (
     AnyHttpUrl,
@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     )
     base_url: AnyHttpUrl = Field(
         default=AnyHttpUrl("http://127.0.0.1:8000"),
-        description="Public URL of the web app, used in every link mailmag sends.",
+        description="Public URL of the web app, used in every link mailmag sends; "
+        "unset = http://<http_host>:<http_port>.",
     )
     secret_key: SecretStr | None = Field(
         default=None,
@@ -154,6 +155,18 @@ class Settings(BaseSettings):
     notify_interval_hours: Annotated[int, Field(ge=1)] = Field(
         default=24, description="At most one confirmation mail per address in this many hours."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_url_follows_the_listener(cls, data: Any) -> Any:
+        # Without an explicit public URL, links point where `mailmag serve` listens.
+        if isinstance(data, dict) and not data.get("base_url"):
+            host = str(data.get("http_host") or "127.0.0.1")
+            port = str(data.get("http_port") or 8000)
+            # A bad port or host is left for its own validator to name.
+            if port.isdigit() and 0 < int(port) < 65536 and host.replace(".", "").isalnum():
+                data = {**data, "base_url": f"http://{host}:{port}"}
+        return data
 
     @field_validator("database_url")
     @classmethod

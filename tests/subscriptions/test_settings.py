@@ -72,3 +72,12 @@ def test_malformed_values_name_their_setting(overrides: dict[str, object], setti
 def test_environment_variables_are_read_with_the_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILMAG_SENDER_NAME", "Env News")
     assert load_settings(_env_file=None).sender_name == "Env News"
+
+
+def test_links_follow_the_listening_port_unless_a_public_url_is_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILMAG_HTTP_PORT", "8151")
+    assert str(load_settings(_env_file=None).base_url) == "http://127.0.0.1:8151/"
+    monkeypatch.setenv("MAILMAG_BASE_URL", "https://news.example.com")
+    assert str(load_settings(_env_file=None).base_url) == "https://news.example.com/"
