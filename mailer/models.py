@@ -48,7 +48,7 @@ class IssueBase(SQLModel):
     route: str | None = Field(
         default=None,
         max_length=64,
-        description="Key of the processor that sends it; none = the operator's own relay.",
+        description="Key of the processor or split route that sends it; none = our own relay.",
     )
 
 
@@ -96,6 +96,11 @@ class Delivery(SQLModel, table=True):
     subscriber_id: int | None = Field(
         default=None,
         sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL")),
+    )
+    processor: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The processor this recipient was assigned to (by the issue's route).",
     )
     status: DeliveryStatus = Field(default=DeliveryStatus.queued, sa_type=EnumText(DeliveryStatus))
     attempts: int = 0

@@ -11,11 +11,11 @@ claimable again when their lease runs out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import bindparam, func, text, update
+from sqlalchemy import String, bindparam, func, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -29,6 +29,7 @@ _CLAIMABLE = """
     WHERE i.status = 'sending'
       AND ((d.status IN ('queued', 'deferred') AND d.next_attempt_at <= :now)
            OR (d.status = 'sending' AND d.lease_until < :now))
+      AND {scope}
     ORDER BY d.id
     LIMIT :limit
 """
@@ -36,8 +37,12 @@ _CLAIM = """
     UPDATE delivery
     SET status = 'sending', lease_owner = :worker, lease_until = :until, fence = fence + 1
     WHERE id IN ({claimable})
-    RETURNING id, issue_id, subscriber_id, fence, attempts
+    RETURNING id, issue_id, subscriber_id, fence, attempts, processor
 """
+# Which rows a claimer may take: a delivery worker those for our own relay and the processors
+# it has an SMTP route for; a processor pulling its work only its own.
+_PUSHED = "(d.processor IS NULL OR d.processor IN :processors)"
+_PULLED = "d.processor IN :processors"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,7 @@ class Claim:
     subscriber_id: int | None
     fence: int
     attempts: int
+    processor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,19 +66,38 @@ class Result:
     retry_at: datetime | None = None
 
 
-def claim(engine: Engine, *, worker: str, limit: int, lease: timedelta) -> list[Claim]:
+def claim(
+    engine: Engine,
+    *,
+    worker: str,
+    limit: int,
+    lease: timedelta,
+    processors: Collection[str] = (),
+    pulled: bool = False,
+) -> list[Claim]:
+    """Claim up to ``limit`` due rows: for a sending worker (``pulled`` false) those sent by
+    our own relay or one of ``processors``; for a pulling processor only its own."""
     now = utcnow()
-    claimable = _CLAIMABLE
+    claimable = _CLAIMABLE.format(scope=_PULLED if pulled else _PUSHED)
     if engine.dialect.name == "postgresql":
         claimable += " FOR UPDATE OF d SKIP LOCKED"
     statement = text(_CLAIM.format(claimable=claimable)).bindparams(
-        bindparam("now", type_=UTCDateTime()), bindparam("until", type_=UTCDateTime())
+        bindparam("now", type_=UTCDateTime()),
+        bindparam("until", type_=UTCDateTime()),
+        bindparam("processors", expanding=True, type_=String()),
     )
+    values = {
+        "worker": worker,
+        "until": now + lease,
+        "now": now,
+        "limit": limit,
+        "processors": list(processors),
+    }
     with for_writing(engine).begin() as conn:
-        rows = conn.execute(
-            statement, {"worker": worker, "until": now + lease, "now": now, "limit": limit}
-        ).all()
-    claims = [Claim(r.id, r.issue_id, r.subscriber_id, r.fence, r.attempts) for r in rows]
+        rows = conn.execute(statement, values).all()
+    claims = [
+        Claim(r.id, r.issue_id, r.subscriber_id, r.fence, r.attempts, r.processor) for r in rows
+    ]
     claims.sort(key=lambda c: c.delivery_id)
     return claims
 

@@ -151,6 +151,7 @@ class DeliveryWorker:
             worker=self.config.name,
             limit=self.config.batch,
             lease=self.config.lease,
+            processors=tuple(self.routes),
         )
         if not claims:
             return 0
@@ -216,10 +217,10 @@ class DeliveryWorker:
             await asyncio.to_thread(self._read_feed)
         if (recipient.subscriber_id, state.audience.magazine_id) in self._withdrawn:
             return Result(claim, DeliveryStatus.skipped, reply="unsubscribed before sending")
-        route = state.issue.route
-        transport = self.routes.get(route) if route else self.transport
+        processor = claim.processor
+        transport = self.routes.get(processor) if processor else self.transport
         if transport is None:  # a processor without a transport: keep the mail, say why
-            return self._deferred(claim, state.issue.started_at, None, f"no route {route!r}")
+            return self._deferred(claim, state.issue.started_at, None, f"no route {processor!r}")
         token = self.tokens.make(claim.delivery_id)
         message = state.prepared.message(recipient, token)
         sent = await transport.send(

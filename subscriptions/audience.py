@@ -41,18 +41,44 @@ from subscriptions.paths import TEMPLATES_DIR
 from subscriptions.registry import Registry
 from subscriptions.tokens import Action
 
-_EXPAND = text(
-    """
-    INSERT INTO delivery (issue_id, subscriber_id, status, attempts, next_attempt_at, fence)
-    SELECT :issue_id, s.subscriber_id, 'queued', 0, :now, 0
+_EXPAND = """
+    INSERT INTO delivery
+        (issue_id, subscriber_id, processor, status, attempts, next_attempt_at, fence)
+    SELECT :issue_id, s.subscriber_id, :processor, 'queued', 0, :now, 0
     FROM subscription s
     JOIN subscriber p ON p.id = s.subscriber_id
     WHERE s.magazine_id = :magazine_id AND s.status = 'confirmed'
       AND NOT EXISTS (SELECT 1 FROM suppression x WHERE x.address_digest = p.address_digest)
+      AND ({assigned})
     ORDER BY s.subscriber_id
     ON CONFLICT (issue_id, subscriber_id) DO NOTHING
-    """
-).bindparams(bindparam("now", type_=UTCDateTime()))
+"""
+
+
+def _like(pattern: str) -> str:
+    """A rule's domain as a LIKE pattern on the address (patterns hold only [a-z0-9.-])."""
+    return f"%{pattern}" if pattern.startswith(".") else f"%@{pattern}"
+
+
+def assignments(registry: Registry, route: str | None) -> list[tuple[str | None, str]]:
+    """(processor, SQL condition on ``p.email``) per processor of the route; the conditions
+    are disjoint and cover everyone, so each recipient goes to exactly one processor."""
+    if route is None or registry.processor(route) is not None:
+        return [(route, "1 = 1")]
+    split = registry.split_route(route)
+    if split is None:
+        raise NotCompliant(f"there is no processor or route {route!r}")
+    taken: list[str] = []
+    conditions: dict[str, list[str]] = {}
+    for rule in split.rules:
+        matches = " OR ".join(f"lower(p.email) LIKE '{_like(d)}'" for d in rule.domains)
+        earlier = " AND ".join(f"NOT ({t})" for t in taken) or "1 = 1"
+        conditions.setdefault(rule.processor, []).append(f"(({matches}) AND {earlier})")
+        taken.append(matches)
+    rest = " AND ".join(f"NOT ({t})" for t in taken)
+    conditions.setdefault(split.default, []).append(f"({rest})")
+    return [(processor, " OR ".join(parts)) for processor, parts in conditions.items()]
+
 
 _RECIPIENTS = """
     SELECT p.id, p.email, p.token_key, p.name, p.company, p.department, p.title
@@ -66,37 +92,44 @@ _MERGE_FIELDS = ("name", "company", "department", "title", "email")
 
 
 class StoreAudience:
-    def __init__(self, engine: Engine, links: Links) -> None:
+    def __init__(self, engine: Engine, links: Links, registry: Registry) -> None:
         self.engine = engine
         self.links = links
+        self.registry = registry
         self._slugs: dict[str, int] = {}
 
     def expand(self, audience: IssueAudience) -> int:
-        # The statement is parsed in SQLite's "INSERT ... SELECT ... ON CONFLICT" form; the
-        # ORDER BY keeps its grammar unambiguous there and the delivery order stable.
+        """One INSERT ... SELECT per processor of the route, so each count is exact and every
+        processor's hand-off gets its own transfer record. The statement is parsed in SQLite's
+        "INSERT ... SELECT ... ON CONFLICT" form; the ORDER BY keeps its grammar unambiguous
+        there and the delivery order stable."""
+        queued = 0
+        params = {
+            "issue_id": audience.issue_id,
+            "magazine_id": audience.magazine_id,
+            "now": utcnow(),
+        }
         with Session(for_writing(self.engine)) as session:
-            result = session.execute(
-                _EXPAND,
-                {
-                    "issue_id": audience.issue_id,
-                    "magazine_id": audience.magazine_id,
-                    "now": utcnow(),
-                },
-            )
-            queued = int(result.rowcount)  # type: ignore[attr-defined]
-            if audience.route is not None and queued:
-                magazine = session.get(Magazine, audience.magazine_id)
-                session.add(
-                    TransferRecord(
-                        party=audience.route,
-                        party_kind="processor",
-                        issue_id=audience.issue_id,
-                        fields=",".join(sorted(audience.fields | {"email"})),
-                        people=queued,
-                        purpose=magazine.purpose if magazine else "",
-                        legal_basis="entrustment (APPI Art. 27(5)(i))",
-                    )
+            magazine = session.get(Magazine, audience.magazine_id)
+            for processor, condition in assignments(self.registry, audience.route):
+                statement = text(_EXPAND.format(assigned=condition)).bindparams(
+                    bindparam("now", type_=UTCDateTime())
                 )
+                result = session.execute(statement, {**params, "processor": processor})
+                count = int(result.rowcount)  # type: ignore[attr-defined]
+                queued += count
+                if processor is not None and count:
+                    session.add(
+                        TransferRecord(
+                            party=processor,
+                            party_kind="processor",
+                            issue_id=audience.issue_id,
+                            fields=",".join(sorted(audience.fields | {"email"})),
+                            people=count,
+                            purpose=magazine.purpose if magazine else "",
+                            legal_basis="entrustment (APPI Art. 27(5)(i))",
+                        )
+                    )
             session.commit()
         return queued
 
@@ -222,23 +255,26 @@ class StorePreparer:
         return prepared, audience
 
     def check_route(self, route: str | None, fields: frozenset[str]) -> None:
-        """Refuse an issue whose processor may not receive what its template uses."""
+        """Refuse an issue whose processors may not receive what its template uses."""
         if route is None:
             return
-        processor = self.registry.processor(route)
-        if processor is None:
-            raise NotCompliant(f"there is no processor {route!r}")
-        reason = processor.unusable(utcnow().date())
-        if reason:
-            raise NotCompliant(f"processor {processor.name} may receive nothing: {reason}")
-        if processor.smtp is None:
-            raise NotCompliant(f"processor {processor.name} has no SMTP route")
-        for field in sorted(fields | {"email"}):
-            if field not in processor.fields:
-                raise NotCompliant(
-                    f"the template uses subscriber.{field}, which processor "
-                    f"{processor.name} may not receive"
-                )
+        keys = self.registry.route_processors(route)
+        if keys is None:
+            raise NotCompliant(f"there is no processor or route {route!r}")
+        for key in keys:
+            processor = self.registry.processor(key)
+            assert processor is not None  # the registry checks a route's processors exist
+            reason = processor.unusable(utcnow().date())
+            if reason:
+                raise NotCompliant(f"processor {processor.name} may receive nothing: {reason}")
+            if processor.smtp is None and not processor.pull:
+                raise NotCompliant(f"processor {processor.name} has no SMTP route or pull API")
+            for field in sorted(fields | {"email"}):
+                if field not in processor.fields:
+                    raise NotCompliant(
+                        f"the template uses subscriber.{field}, which processor "
+                        f"{processor.name} may not receive"
+                    )
 
     def sender(self, locale: str) -> SenderProfile:
         operator = self.registry.operator

@@ -19,7 +19,7 @@ from sqlmodel import Session, select
 
 from mailer.clock import utcnow
 from subscriptions.deps import RuntimeDep
-from subscriptions.models import StaffRole, StaffToken, StaffUser
+from subscriptions.models import PartyCredential, StaffRole, StaffToken, StaffUser
 
 TOKEN_PREFIX = "mm_"  # noqa: S105 (a prefix, not a secret)
 _bearer = HTTPBearer(auto_error=False, description="A staff API token (mailmag admin token).")
@@ -85,3 +85,36 @@ def require_roles(*roles: StaffRole) -> Callable[..., StaffUser]:
         return user
 
     return dependency
+
+
+# --- machine credentials of processors and joint users ------------------------------------------
+
+PARTY_TOKEN_PREFIX = "mp_"  # noqa: S105 (a prefix, not a secret)
+
+
+def issue_party_credential(
+    session: Session, party: str, party_kind: str, *, expires_at: datetime, label: str = ""
+) -> tuple[PartyCredential, str]:
+    """Create a credential for ``party``; the clear token is returned once and never stored."""
+    token = PARTY_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    credential = PartyCredential(
+        party=party,
+        party_kind=party_kind,
+        token_hash=token_hash(token),
+        label=label,
+        expires_at=expires_at,
+    )
+    session.add(credential)
+    return credential, token
+
+
+def credential_for_token(session: Session, token: str) -> PartyCredential | None:
+    """The live credential behind ``token``: not expired, not revoked."""
+    if not token.startswith(PARTY_TOKEN_PREFIX) or len(token) > 100:
+        return None
+    stored = session.exec(
+        select(PartyCredential).where(PartyCredential.token_hash == token_hash(token))
+    ).first()
+    if stored is None or stored.revoked_at is not None or stored.expires_at <= utcnow():
+        return None
+    return stored

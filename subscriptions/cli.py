@@ -35,7 +35,7 @@ from mailer.queue import Progress
 from subscriptions import consent, parties, provision, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
-from subscriptions.auth import issue_token
+from subscriptions.auth import issue_party_credential, issue_token
 from subscriptions.db import check_connection, for_writing, make_engine
 from subscriptions.errors import (
     ConfigurationError,
@@ -45,7 +45,13 @@ from subscriptions.errors import (
     TransferRefused,
 )
 from subscriptions.joint_use import export_for
-from subscriptions.models import PartyNotice, StaffRole, StaffUser, StaffUserCreate
+from subscriptions.models import (
+    PartyCredential,
+    PartyNotice,
+    StaffRole,
+    StaffUser,
+    StaffUserCreate,
+)
 from subscriptions.runtime import Runtime, build_runtime
 from subscriptions.settings import Settings, load_settings
 from subscriptions.staff import create_staff_user, normalise_staff_email
@@ -318,6 +324,56 @@ def parties_export(
         )
         session.commit()
     out.print(f"{len(notices)} notices for {party} written to {output}")
+
+
+credential_app = typer.Typer(
+    help="Machine credentials of processors and joint users for /processor/v1.",
+    no_args_is_help=True,
+)
+parties_app.add_typer(credential_app, name="credential")
+
+
+@credential_app.command("create")
+def credential_create(
+    party: Annotated[str, typer.Argument(help="Processor or joint-user key in the registry.")],
+    days: Annotated[int, typer.Option(help="Days until it expires.", min=1, max=366)] = 90,
+    label: Annotated[str, typer.Option(help="What the credential is for.")] = "",
+) -> None:
+    """Create a credential and print it once (only its hash is kept)."""
+    settings = load_settings()
+    runtime = _runtime(settings)
+    if runtime.registry.processor(party) is not None:
+        kind = "processor"
+    elif runtime.registry.joint_user(party) is not None:
+        kind = "joint_user"
+    else:
+        _fail(f"{party!r} is neither a processor nor a joint user in the registry")
+    with Session(for_writing(runtime.engine)) as session:
+        credential, token = issue_party_credential(
+            session, party, kind, expires_at=utcnow() + timedelta(days=days), label=label
+        )
+        session.commit()
+        out.print(
+            f"credential #{credential.id} for {party}, expires {credential.expires_at:%Y-%m-%d}"
+        )
+    typer.echo(token)
+
+
+@credential_app.command("revoke")
+def credential_revoke(
+    credential_id: Annotated[int, typer.Argument(help="The credential's number.")],
+) -> None:
+    """Revoke a credential; it is refused from the next request on."""
+    settings = load_settings()
+    runtime = _runtime(settings)
+    with Session(for_writing(runtime.engine)) as session:
+        credential = session.get(PartyCredential, credential_id)
+        if credential is None:
+            _fail(f"there is no credential #{credential_id}")
+        credential.revoked_at = credential.revoked_at or utcnow()
+        session.add(credential)
+        session.commit()
+    out.print(f"credential #{credential_id} revoked")
 
 
 @app.command("provide")

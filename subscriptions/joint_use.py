@@ -106,7 +106,7 @@ def export_for(
         party=company,
         party_kind="joint_user",
         fields=wanted,
-        people=chosen,
+        people=[(p.id, p.address_digest) for p in chosen],
         purpose="joint use",
         legal_basis="joint use with consent (APPI Art. 27(5)(iii))"
         + ("; transfer abroad with consent (APPI Art. 28)" if abroad else ""),

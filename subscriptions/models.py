@@ -423,3 +423,22 @@ class PartyNotice(SQLModel, table=True):
     address: str = Field(max_length=320, description="So the party can find the person.")
     change: str = Field(max_length=100)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class PartyCredential(SQLModel, table=True):
+    """A machine credential of a processor or joint user for the ``/processor/v1`` API.
+
+    Only its SHA-256 is stored; it expires, and revoking it takes effect on the next request.
+    It reaches only that party's own batches, outcomes and opt-out notices."""
+
+    __tablename__ = "party_credential"
+
+    id: int | None = Field(default=None, primary_key=True)
+    party: str = Field(max_length=64, index=True)
+    party_kind: str = Field(max_length=24)
+    token_hash: str = Field(max_length=64, unique=True)
+    label: str = Field(default="", max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -5,7 +5,8 @@ their data and needs to know, in the same transaction as the withdrawal: process
 sent them an issue learn of magazine withdrawals; joint users that received them in an
 export learn of joint-use and transfer withdrawals; an erasure or a complaint reaches
 everyone who holds the address. ``hand_over`` gives a party its pending notices and deletes
-them (they hold the address), recording the hand-over as a transfer.
+them (they hold the address), recording the hand-over as a transfer; the pull API does the
+same in two steps (``pending`` then ``acknowledge``), so a lost answer loses no notice.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Any
 from sqlalchemy import delete
 from sqlmodel import Session, col, select
 
-from mailer.clock import utcnow
-from mailer.models import Delivery, DeliveryStatus, Issue
+from mailer.models import Delivery, DeliveryStatus
 from subscriptions.models import (
     ConsentChannel,
     ConsentPurpose,
@@ -25,18 +25,23 @@ from subscriptions.models import (
     TransferRecord,
     TransferSubject,
 )
+from subscriptions.transfers import record_transfer
 
-HANDED_OVER = (DeliveryStatus.sent, DeliveryStatus.failed, DeliveryStatus.deferred)
+HANDED_OVER = (
+    DeliveryStatus.sending,
+    DeliveryStatus.sent,
+    DeliveryStatus.failed,
+    DeliveryStatus.deferred,
+)
 EVERYONE = (ConsentChannel.erasure, ConsentChannel.complaint)
 
 
 def holders(session: Session, subscriber_id: int) -> set[tuple[str, str]]:
     """(party, kind) pairs that received this person's data."""
     processors = session.exec(
-        select(Issue.route)
-        .join(Delivery, col(Delivery.issue_id) == Issue.id)
+        select(Delivery.processor)
         .where(Delivery.subscriber_id == subscriber_id)
-        .where(col(Issue.route).is_not(None))
+        .where(col(Delivery.processor).is_not(None))
         .where(col(Delivery.status).in_(HANDED_OVER))
         .distinct()
     ).all()
@@ -94,27 +99,53 @@ def notify(
     return written
 
 
-def hand_over(session: Session, party: str, *, triggered_by: str) -> list[dict[str, Any]]:
-    """The party's pending notices, removed from the outbox and recorded as a transfer."""
-    notices = session.exec(
-        select(PartyNotice).where(PartyNotice.party == party).order_by(col(PartyNotice.id))
-    ).all()
-    if not notices:
-        return []
-    handed = [
-        {"address": n.address, "change": n.change, "at": n.created_at.isoformat()} for n in notices
-    ]
-    session.add(
-        TransferRecord(
+def pending(session: Session, party: str) -> list[PartyNotice]:
+    return list(
+        session.exec(
+            select(PartyNotice).where(PartyNotice.party == party).order_by(col(PartyNotice.id))
+        ).all()
+    )
+
+
+def record_hand_over(
+    session: Session, party: str, notices: list[PartyNotice], *, triggered_by: str
+) -> None:
+    """Record that ``notices`` (their addresses) went to ``party``."""
+    if notices:
+        record_transfer(
+            session,
             party=party,
             party_kind=notices[0].party_kind,
-            fields="email",
-            people=len(notices),
+            fields=["email"],
+            people=[(None, n.subject_digest) for n in notices],
             purpose="opt-out notification",
             legal_basis="honouring withdrawals (APPI Art. 35)",
-            triggered_by=triggered_by[:100],
-            created_at=utcnow(),
+            triggered_by=triggered_by,
         )
+
+
+def acknowledge(session: Session, party: str, ids: list[int]) -> int:
+    """Delete the party's notices it confirmed receiving; return how many there were."""
+    result = session.execute(
+        delete(PartyNotice)
+        .where(col(PartyNotice.party) == party)
+        .where(col(PartyNotice.id).in_(ids))
     )
-    session.execute(delete(PartyNotice).where(col(PartyNotice.id).in_([n.id for n in notices])))
-    return handed
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def as_dict(notice: PartyNotice) -> dict[str, Any]:
+    return {
+        "id": notice.id,
+        "address": notice.address,
+        "change": notice.change,
+        "at": notice.created_at.isoformat(),
+    }
+
+
+def hand_over(session: Session, party: str, *, triggered_by: str) -> list[dict[str, Any]]:
+    """The party's pending notices, removed from the outbox and recorded as a transfer."""
+    notices = pending(session, party)
+    record_hand_over(session, party, notices, triggered_by=triggered_by)
+    acknowledge(session, party, [n.id for n in notices if n.id is not None])
+    return [as_dict(n) for n in notices]

@@ -61,7 +61,7 @@ def provide(
         party=party,
         party_kind="third_party",
         fields=fields,
-        people=people,
+        people=[(p.id, p.address_digest) for p in people],
         purpose=f"provision: {reference.strip()}",
         legal_basis=LEGAL_BASES[basis],
         triggered_by=staff,

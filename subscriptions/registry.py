@@ -9,13 +9,21 @@ magazine must serve a listed purpose of use.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from subscriptions.errors import ConfigurationError
 
@@ -146,6 +154,9 @@ class Processor(Frozen):
     next_review: date
     active: bool = True
     smtp: SMTPRoute | None = None
+    pull: bool = Field(
+        default=False, description="Fetches its batches through /processor/v1 instead of SMTP."
+    )
 
     def unusable(self, today: date) -> str | None:
         """Why the processor may receive nothing today, or None."""
@@ -156,6 +167,37 @@ class Processor(Frozen):
         if self.next_review < today:
             return f"its review was due on {self.next_review.isoformat()}"
         return None
+
+
+class RouteRule(Frozen):
+    """Recipients whose address domain matches go to ``processor``. A pattern is a domain
+    (``example.com``: that domain only) or a suffix starting with a dot (``.jp``: every
+    domain under it, the nearest thing to a country an address carries)."""
+
+    processor: Key
+    domains: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("domains")
+    @classmethod
+    def _lowercase(cls, domains: tuple[str, ...]) -> tuple[str, ...]:
+        for domain in domains:
+            if not re.fullmatch(r"\.?[a-z0-9-]+(\.[a-z0-9-]+)*", domain.lower()):
+                raise ValueError(f"{domain!r} is not a domain or a .suffix")
+        return tuple(d.lower() for d in domains)
+
+
+class SplitRoute(Frozen):
+    """An issue sent through several processors: the first matching rule picks each
+    recipient's processor, everyone else goes to ``default``; each recipient to exactly one."""
+
+    key: Key
+    rules: tuple[RouteRule, ...] = Field(min_length=1)
+    default: Key
+
+    @property
+    def processors(self) -> tuple[str, ...]:
+        keys = [r.processor for r in self.rules] + [self.default]
+        return tuple(dict.fromkeys(keys))
 
 
 class Registry(Frozen):
@@ -172,6 +214,7 @@ class Registry(Frozen):
     fields: Fields
     magazines: tuple[MagazineEntry, ...] = ()
     processors: tuple[Processor, ...] = ()
+    routes: tuple[SplitRoute, ...] = ()
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -208,8 +251,17 @@ class Registry(Frozen):
                 raise ValueError(f"processor {processor.key}: unknown fields {sorted(unknown)}")
             if set(processor.purposes) - purposes:
                 raise ValueError(f"processor {processor.key}: unknown purpose")
-            if processor.smtp is not None and "email" not in processor.fields:
+            if (processor.smtp is not None or processor.pull) and "email" not in processor.fields:
                 raise ValueError(f"processor {processor.key} sends mail but may not see addresses")
+        processor_keys = {p.key for p in self.processors}
+        for route in self.routes:
+            if route.key in processor_keys:
+                raise ValueError(f"route {route.key}: a processor has that key")
+            unknown_processors = set(route.processors) - processor_keys
+            if unknown_processors:
+                raise ValueError(
+                    f"route {route.key}: unknown processors {sorted(unknown_processors)}"
+                )
         for field in self.fields.required:
             if field not in PROFILE_FIELDS:
                 raise ValueError(f"fields.required: unknown field {field}")
@@ -235,6 +287,16 @@ class Registry(Frozen):
 
     def processor(self, key: str) -> Processor | None:
         return next((p for p in self.processors if p.key == key), None)
+
+    def route_processors(self, key: str) -> tuple[str, ...] | None:
+        """The processors an issue's route sends through, or None if there is no such route."""
+        if self.processor(key) is not None:
+            return (key,)
+        split = self.split_route(key)
+        return split.processors if split else None
+
+    def split_route(self, key: str) -> SplitRoute | None:
+        return next((r for r in self.routes if r.key == key), None)
 
     def joint_user(self, key: str) -> JointUser | None:
         return next((u for u in self.joint_use.users if u.key == key), None)

@@ -277,7 +277,7 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
         self_service=SelfService(lifecycle=lifecycle, hasher=hasher),
         links=links,
         mailer=mailer,
-        audience=StoreAudience(engine, links),
+        audience=StoreAudience(engine, links, registry),
         preparer=StorePreparer(
             engine,
             registry,

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 from sqlmodel import Session
 
-from subscriptions.models import Subscriber, TransferRecord, TransferSubject
+from subscriptions.models import TransferRecord, TransferSubject
+
+Subject = tuple[int | None, str]  # (subscriber id, address digest): enough to find them later
 
 
 def record_transfer(
@@ -16,7 +18,8 @@ def record_transfer(
     party: str,
     party_kind: str,
     fields: Sequence[str],
-    people: Sequence[Subscriber],
+    people: Sequence[Subject],
+    issue_id: int | None = None,
     purpose: str,
     legal_basis: str,
     triggered_by: str,
@@ -29,16 +32,15 @@ def record_transfer(
         purpose=purpose[:64],
         legal_basis=legal_basis[:200],
         triggered_by=triggered_by[:100],
+        issue_id=issue_id,
     )
     session.add(record)
     session.flush()
     assert record.id is not None
-    for person in people:
+    for subscriber_id, digest in people:
         session.add(
             TransferSubject(
-                transfer_id=record.id,
-                subscriber_id=person.id,
-                subject_digest=person.address_digest,
+                transfer_id=record.id, subscriber_id=subscriber_id, subject_digest=digest
             )
         )
     return record

@@ -86,7 +86,7 @@ def test_an_issue_goes_only_through_its_processor_with_only_the_fields_it_uses(
             "<p>Hello</p>",
             "processor Old Mailer Inc. may receive nothing: it is inactive",
         ),
-        ("nobody", "<p>Hello</p>", "there is no processor 'nobody'"),
+        ("nobody", "<p>Hello</p>", "there is no processor or route 'nobody'"),
     ],
 )
 def test_an_issue_its_processor_may_not_serve_is_refused(
