@@ -287,3 +287,21 @@ def test_third_party_provision_needs_a_legal_basis_and_is_recorded(tmp_path: Pat
         assert record.legal_basis.startswith("required by law")
         assert len(session.exec(select(TransferSubject)).all()) == 1
     engine.dispose()
+
+
+def test_a_party_credential_is_shown_once_stored_hashed_and_revocable(tmp_path: Path) -> None:
+    env = {"MAILMAG_SECRET_KEY": "s" * 40}
+    assert run(["migrate"], tmp_path, env).returncode == 0
+    made = run(["parties", "credential", "create", "sakura-asia", "--days", "7"], tmp_path, env)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip().splitlines()[-1]
+    assert token.startswith("mp_")
+    assert "credential #1 for sakura-asia" in made.stdout
+    database = b"".join(p.read_bytes() for p in tmp_path.glob("mailmag.db*"))
+    assert token.encode() not in database
+    unknown = run(["parties", "credential", "create", "nobody"], tmp_path, env)
+    assert unknown.returncode == 2
+    assert "neither a processor nor a joint user" in unknown.stderr
+    revoked = run(["parties", "credential", "revoke", "1"], tmp_path, env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert run(["parties", "credential", "revoke", "9"], tmp_path, env).returncode == 2
