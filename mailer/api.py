@@ -195,7 +195,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             issue = load(session, issue_id)
         try:
             prepared, _audience = services.preparer.prepare(issue)
-            subject, html, text = prepared.render(_sample(sample or SampleFields(), "preview"))
+            subject, html, text = prepared.render(_sample(sample or SampleFields()), "preview")
         except MailerError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         return Preview(subject=subject, html=html, text=text)
@@ -221,7 +221,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
         results: dict[str, str] = {}
         try:
             for address in addresses:
-                recipient = _sample(data.sample, "test-send", address)
+                recipient = _sample(data.sample, address)
                 message = prepared.message(recipient, "testsend")
                 sent = await transport.send(
                     Envelope(prepared.return_path("testsend"), address, message)
@@ -295,11 +295,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
     return router
 
 
-def _sample(sample: SampleFields, kind: str, address: str | None = None) -> Recipient:
-    return Recipient(
-        subscriber_id=0,
-        address=address or sample.email,
-        fields=sample.model_dump(),
-        unsubscribe_url=f"https://example.invalid/{kind}/unsubscribe",
-        preferences_url=f"https://example.invalid/{kind}/preferences",
-    )
+def _sample(sample: SampleFields, address: str | None = None) -> Recipient:
+    """A made-up recipient; its links carry a token that is no delivery's, so they lead
+    nowhere."""
+    return Recipient(subscriber_id=0, address=address or sample.email, fields=sample.model_dump())

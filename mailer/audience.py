@@ -20,8 +20,6 @@ class Recipient:
     subscriber_id: int
     address: str
     fields: Mapping[str, str]  # only the merge fields the issue uses and its route may receive
-    unsubscribe_url: str
-    preferences_url: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,19 +27,16 @@ from mailer.models import Issue
 from mailer.signing import DKIMSigner
 from mailer.transactions import for_writing
 from subscriptions.i18n import gettext_for
-from subscriptions.links import Links
 from subscriptions.models import (
     ConsentAction,
     ConsentEvent,
     ConsentPurpose,
     Magazine,
-    Subscriber,
     TransferRecord,
     localised,
 )
 from subscriptions.paths import TEMPLATES_DIR
 from subscriptions.registry import Registry
-from subscriptions.tokens import Action
 
 _EXPAND = """
     INSERT INTO delivery
@@ -81,7 +78,7 @@ def assignments(registry: Registry, route: str | None) -> list[tuple[str | None,
 
 
 _RECIPIENTS = """
-    SELECT p.id, p.email, p.token_key, p.name, p.company, p.department, p.title
+    SELECT p.id, p.email, p.name, p.company, p.department, p.title
     FROM subscriber p
     JOIN subscription s ON s.subscriber_id = p.id
     WHERE s.magazine_id = :magazine_id AND s.status = 'confirmed'
@@ -92,9 +89,8 @@ _MERGE_FIELDS = ("name", "company", "department", "title", "email")
 
 
 class StoreAudience:
-    def __init__(self, engine: Engine, links: Links, registry: Registry) -> None:
+    def __init__(self, engine: Engine, registry: Registry) -> None:
         self.engine = engine
-        self.links = links
         self.registry = registry
         self._slugs: dict[str, int] = {}
 
@@ -138,42 +134,21 @@ class StoreAudience:
         if not ids:
             return []
         statement = text(_RECIPIENTS).bindparams(bindparam("ids", expanding=True))
-        slug = self._slug_of(audience.magazine_id)
         with self.engine.connect() as conn:
             rows = conn.execute(statement, {"magazine_id": audience.magazine_id, "ids": ids}).all()
-        found = []
-        for row in rows:
-            holder = Subscriber(email=row.email, address_digest="", token_key=row.token_key)
-            values = {
-                "name": row.name,
-                "company": row.company,
-                "department": row.department,
-                "title": row.title,
-                "email": row.email,
-            }
-            found.append(
-                Recipient(
-                    subscriber_id=row.id,
-                    address=row.email,
-                    fields={k: values[k] or "" for k in audience.fields if k in _MERGE_FIELDS},
-                    unsubscribe_url=self.links.url(Action.unsubscribe, holder, slug),
-                    preferences_url=self.links.url(Action.preferences, holder),
-                )
+        wanted = [k for k in audience.fields if k in _MERGE_FIELDS]
+        return [
+            Recipient(
+                subscriber_id=row.id,
+                address=row.email,
+                fields={k: getattr(row, k) or "" for k in wanted},
             )
-        return found
+            for row in rows
+        ]
 
     def _load_magazines(self, session: Session) -> None:
         # Slugs are permanent, so the map only ever grows: reload when one is missing.
         self._slugs = {m.slug: m.id or 0 for m in session.exec(select(Magazine)).all()}
-
-    def _slug_of(self, magazine_id: int) -> str:
-        """The magazine's slug, from the cache the withdrawal feed shares (no query per batch)."""
-        for slug, known_id in self._slugs.items():
-            if known_id == magazine_id:
-                return slug
-        with Session(self.engine) as session:
-            self._load_magazines(session)
-        return next(slug for slug, known_id in self._slugs.items() if known_id == magazine_id)
 
     def withdrawn_since(self, cursor: int) -> tuple[int, set[tuple[int, int]]]:
         with Session(self.engine) as session:
@@ -208,6 +183,7 @@ class SenderIdentity:
     address: str
     bounce_domain: str
     list_id_domain: str
+    link_base: str
 
 
 class StorePreparer:
@@ -287,4 +263,5 @@ class StorePreparer:
             contact=f"{contact.name(locale)} <{contact.email}> {contact.phone}",
             bounce_domain=self.identity.bounce_domain,
             list_id_domain=self.identity.list_id_domain,
+            link_base=self.identity.link_base,
         )

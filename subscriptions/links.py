@@ -9,6 +9,7 @@ expire, as the law expects them to keep working.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 from subscriptions.errors import BadToken
 from subscriptions.i18n import N_
@@ -52,6 +53,10 @@ class Links:
         query = f"?lang={lang}" if lang else ""
         token = self.token(action, subscriber, scope)
         return f"{self.policy.base_url.rstrip('/')}{PATHS[action]}{token}{query}"
+
+    def max_age(self, action: Action) -> timedelta:
+        seconds = self._max_age[action]
+        return timedelta(seconds=seconds) if seconds is not None else timedelta.max
 
     def read(self, action: Action, token: str) -> tuple[str, str]:
         """(token key, scope) of a valid, unexpired token for ``action``; else ``BadToken``."""

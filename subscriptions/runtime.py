@@ -245,6 +245,7 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
         ),
     )
     lifecycle = Lifecycle(hasher)
+    delivery_tokens = DeliveryTokens(secret)
     mailer = SystemMailer(
         Sender(
             name=settings.sender_name,
@@ -260,6 +261,7 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
         hasher=hasher,
         lifecycle=lifecycle,
         links=links,
+        deliveries=delivery_tokens,
         mailer=mailer,
         per_ip=SlidingWindow(Limit(settings.subscribe_per_ip, HOUR)),
         per_address=SlidingWindow(Limit(settings.subscribe_per_address, HOUR)),
@@ -277,7 +279,7 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
         self_service=SelfService(lifecycle=lifecycle, hasher=hasher),
         links=links,
         mailer=mailer,
-        audience=StoreAudience(engine, links, registry),
+        audience=StoreAudience(engine, registry),
         preparer=StorePreparer(
             engine,
             registry,
@@ -286,8 +288,9 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
                 address=settings.sender_address,
                 bounce_domain=domain,
                 list_id_domain=settings.sender_domain,
+                link_base=str(settings.base_url),
             ),
             dkim_signer(settings),
         ),
-        delivery_tokens=DeliveryTokens(secret),
+        delivery_tokens=delivery_tokens,
     )

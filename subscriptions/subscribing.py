@@ -24,7 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
+from mailer.models import Delivery, Issue
 from mailer.ratelimit import SlidingWindow
+from mailer.verp import TOKEN_LENGTH, DeliveryTokens
 from subscriptions import consent
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.consent import Evidence
@@ -98,11 +100,13 @@ class OptIn:
         hasher: AddressHasher,
         lifecycle: Lifecycle,
         links: Links,
+        deliveries: DeliveryTokens,
         mailer: SystemMailer,
         per_ip: SlidingWindow,
         per_address: SlidingWindow,
         policy: OptInPolicy,
     ) -> None:
+        self.deliveries = deliveries
         self.registry = registry
         self.notices = notices
         self.hasher = hasher
@@ -273,11 +277,43 @@ class OptIn:
         self, session: Session, action: Action, token: str
     ) -> tuple[Subscriber, str]:
         """The subscriber a valid link names, and its scope; ``BadToken`` otherwise."""
+        if len(token) == TOKEN_LENGTH and action in (Action.unsubscribe, Action.preferences):
+            return self._delivery_subject(session, action, token)
         key, scope = self.links.read(action, token)
         subscriber = session.exec(select(Subscriber).where(Subscriber.token_key == key)).first()
         if subscriber is None:
             raise BadToken(N_("This link is no longer valid."))
         return subscriber, scope
+
+    def _delivery_subject(
+        self, session: Session, action: Action, token: str
+    ) -> tuple[Subscriber, str]:
+        """The recipient of the delivery an issue's link names (its only identifier), and the
+        magazine it came from. Unsubscribe links last as long as the delivery is kept;
+        preference links as long as any preference link."""
+        delivery_id = self.deliveries.read(token)
+        row = None
+        if delivery_id is not None:
+            row = session.exec(
+                select(Delivery, Magazine.slug)
+                .join(Issue, col(Issue.id) == Delivery.issue_id)
+                .join(Magazine, col(Magazine.id) == Issue.magazine_id)
+                .where(Delivery.id == delivery_id)
+            ).first()
+        if row is None:
+            raise BadToken(N_("This link is not valid."))
+        delivery, slug = row
+        subscriber = (
+            session.get(Subscriber, delivery.subscriber_id) if delivery.subscriber_id else None
+        )
+        if subscriber is None:
+            raise BadToken(N_("This link is no longer valid."))
+        if action is Action.preferences:
+            age = utcnow() - (delivery.sent_at or delivery.next_attempt_at)
+            if age > self.links.max_age(Action.preferences):
+                raise BadToken(N_("This link has expired."))
+            return subscriber, ""
+        return subscriber, slug
 
     def pending_titles(self, session: Session, subscriber: Subscriber, locale: str) -> list[str]:
         rows = session.exec(

@@ -9,6 +9,7 @@ from email.message import EmailMessage
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -24,6 +25,8 @@ from subscriptions.models import (
     ConsentChannel,
     Magazine,
     Subscriber,
+    Subscription,
+    SubscriptionStatus,
     Suppression,
     SuppressionReason,
 )
@@ -330,3 +333,36 @@ def test_a_refusal_of_the_mailbox_suppresses_but_a_content_refusal_does_not(
     with Session(engine) as session:
         suppressed = {s.address_digest: s.reason for s in session.exec(select(Suppression)).all()}
     assert suppressed == {people[0].address_digest: SuppressionReason.hard_bounce}
+
+
+def test_the_links_of_a_sent_message_carry_only_its_delivery_token_and_work(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, [person, other] = seed(app, engine, 2)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    received = {r.rcpt_tos[0]: r for r in smtp_server.received}
+    mine = received[person.email]
+    token = mine.mail_from.split("+", 1)[1].split("@", 1)[0]
+    message = parse(mine.data)
+    unsubscribe = message["List-Unsubscribe"].split(",")[0].strip("<> ")
+    assert unsubscribe == f"http://testserver/u/{token}"
+    raw = mine.data.decode("utf-8", "replace")
+    assert person.token_key not in raw
+    assert f"http://testserver/preferences/{token}" in raw.replace("=\r\n", "")
+
+    with TestClient(app) as client:
+        page = client.get(f"/preferences/{token}")
+        assert page.status_code == 200
+        assert person.email in page.text
+        assert client.get("/preferences/" + "a" * 26).status_code == 400
+        answer = client.post(
+            f"/u/{token}",
+            data={"List-Unsubscribe": "One-Click"},
+        )
+        assert answer.status_code == 200, answer.text
+    with Session(engine) as session:
+        statuses = dict(session.exec(select(Subscription.subscriber_id, Subscription.status)).all())
+    assert statuses[person.id] is SubscriptionStatus.unsubscribed
+    assert statuses[other.id] is SubscriptionStatus.confirmed
