@@ -15,16 +15,14 @@ import threading
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
 import uvicorn
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from sqlalchemy import func
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailer import queue
@@ -32,16 +30,16 @@ from mailer.clock import utcnow
 from mailer.errors import MailerError
 from mailer.inbound import inbound_server
 from mailer.queue import Progress
-from subscriptions import consent, parties, provision, schema
+from subscriptions import consent, operations_cli, parties, provision, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
 from subscriptions.auth import issue_party_credential, issue_token
-from subscriptions.db import check_connection, for_writing, make_engine
+from subscriptions.cli_support import connect, err, fail, out, require_schema, runtime_for
+from subscriptions.db import for_writing
 from subscriptions.errors import (
     ConfigurationError,
     InvalidInput,
     MailmagError,
-    StoreError,
     TransferRefused,
 )
 from subscriptions.joint_use import export_for
@@ -52,8 +50,7 @@ from subscriptions.models import (
     StaffUser,
     StaffUserCreate,
 )
-from subscriptions.runtime import Runtime, build_runtime
-from subscriptions.settings import Settings, load_settings
+from subscriptions.settings import load_settings
 from subscriptions.staff import create_staff_user, normalise_staff_email
 from subscriptions.suppression import suppress_by_staff
 
@@ -70,39 +67,14 @@ consent_app = typer.Typer(
     help="The consent ledger: verify it, export evidence.", no_args_is_help=True
 )
 app.add_typer(consent_app, name="consent")
-
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
-
-
-def _fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"mailmag: {message}", highlight=False, markup=False)
-    raise typer.Exit(code)
-
-
-def _connect(settings: Settings) -> Engine:
-    engine = make_engine(settings.sqlalchemy_url)
-    try:
-        check_connection(engine)
-    except StoreError as exc:
-        raise ConfigurationError(f"MAILMAG_DATABASE_URL: cannot connect: {exc}") from None
-    return engine
-
-
-def _require_schema(engine: Engine) -> None:
-    state = schema.revision_state(engine)
-    if not state.at_head:
-        raise StoreError(
-            f"the database schema is at {state.current or 'nothing'}, not {state.head}: "
-            "run `mailmag migrate` first"
-        )
+operations_cli.register(app)
 
 
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema to the latest version (safe to repeat)."""
     settings = load_settings()
-    engine = _connect(settings)
+    engine = connect(settings)
     schema.upgrade(engine)
     state = schema.revision_state(engine)
     out.print(f"schema at {state.current} on {engine.url.render_as_string()}")
@@ -119,8 +91,8 @@ def serve(
     """
     settings = load_settings()
     settings.resolved_secret()
-    engine = _connect(settings)
-    _require_schema(engine)
+    engine = connect(settings)
+    require_schema(engine)
     web = create_app(settings, engine=engine)
     runtime = web.state.runtime
     try:
@@ -141,12 +113,6 @@ def serve(
     uvicorn.run(web, host=listen_host, port=listen_port, log_level="warning")
 
 
-def _runtime(settings: Settings) -> Runtime:
-    engine = _connect(settings)
-    _require_schema(engine)
-    return build_runtime(settings, engine)
-
-
 @app.command()
 def worker(
     batch: Annotated[int, typer.Option(help="Deliveries claimed at a time.", min=1)] = 200,
@@ -157,7 +123,7 @@ def worker(
     Ctrl-C and it finishes the message in hand first.
     """
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     delivery = runtime.delivery_worker()
     delivery.config = replace(delivery.config, batch=batch)
 
@@ -183,7 +149,7 @@ def inbound(
     mailmag owns are accepted; each message is stored before it is acknowledged.
     """
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     listen_host = host or settings.inbound_host
     listen_port = port or settings.inbound_port
     server = inbound_server(
@@ -210,11 +176,11 @@ def send(
     """Start an issue (unless it is already sending) and send it from this process, with a
     progress bar, until nothing is left to send now."""
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     try:
         queued = runtime.start_issue(issue_id)
     except MailerError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     delivery = runtime.delivery_worker()
     out.print(f"issue {issue_id}: {queued} recipients queued now")
 
@@ -243,7 +209,7 @@ def send(
 
     found = asyncio.run(main())
     if found is None:
-        _fail(f"there is no issue {issue_id}")
+        fail(f"there is no issue {issue_id}")
     counts = ", ".join(f"{k} {v}" for k, v in found.counts.items() if v)
     out.print(f"issue {issue_id} is {found.status}: {counts or 'no recipients'}")
     if found.counts.get("deferred"):
@@ -264,9 +230,9 @@ def joint_use_export(
     """Export, for one group company, only its categories and only consenting people;
     the hand-off is recorded as a transfer."""
     if fmt not in ("json", "csv"):
-        _fail("--format: json or csv")
+        fail("--format: json or csv")
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     wanted = tuple(f.strip() for f in fields.split(",") if f.strip()) or None
     with Session(for_writing(runtime.engine)) as session:
         try:
@@ -278,7 +244,7 @@ def joint_use_export(
                 triggered_by="mailmag joint-use export",
             )
         except TransferRefused as exc:
-            _fail(str(exc))
+            fail(str(exc))
         output.write_text(export.as_json() if fmt == "json" else export.as_csv(), encoding="utf-8")
         session.commit()
     out.print(f"{len(export.rows)} people exported to {output} (transfer {export.transfer_id})")
@@ -296,7 +262,7 @@ app.add_typer(parties_app, name="parties")
 def parties_pending() -> None:
     """How many opt-out notices wait for each party."""
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     with Session(runtime.engine) as session:
         rows = session.exec(
             select(PartyNotice.party, func.count()).group_by(col(PartyNotice.party))
@@ -315,7 +281,7 @@ def parties_export(
     """Write a party's pending opt-out notices to a file for them, and clear them (the
     hand-over is recorded as a transfer)."""
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     with Session(for_writing(runtime.engine)) as session:
         notices = parties.hand_over(session, party, triggered_by="mailmag parties export")
         output.write_text(
@@ -341,13 +307,13 @@ def credential_create(
 ) -> None:
     """Create a credential and print it once (only its hash is kept)."""
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     if runtime.registry.processor(party) is not None:
         kind = "processor"
     elif runtime.registry.joint_user(party) is not None:
         kind = "joint_user"
     else:
-        _fail(f"{party!r} is neither a processor nor a joint user in the registry")
+        fail(f"{party!r} is neither a processor nor a joint user in the registry")
     with Session(for_writing(runtime.engine)) as session:
         credential, token = issue_party_credential(
             session, party, kind, expires_at=utcnow() + timedelta(days=days), label=label
@@ -365,11 +331,11 @@ def credential_revoke(
 ) -> None:
     """Revoke a credential; it is refused from the next request on."""
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     with Session(for_writing(runtime.engine)) as session:
         credential = session.get(PartyCredential, credential_id)
         if credential is None:
-            _fail(f"there is no credential #{credential_id}")
+            fail(f"there is no credential #{credential_id}")
         credential.revoked_at = credential.revoked_at or utcnow()
         session.add(credential)
         session.commit()
@@ -388,7 +354,7 @@ def provide_command(
 ) -> None:
     """Provide personal data to a third party: only with a legal basis, always recorded."""
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     with Session(for_writing(runtime.engine)) as session:
         try:
             bundle = provision.provide(
@@ -402,7 +368,7 @@ def provide_command(
                 staff=staff,
             )
         except (TransferRefused, InvalidInput) as exc:
-            _fail(str(exc))
+            fail(str(exc))
         output.write_text(provision.as_json(bundle), encoding="utf-8")
         session.commit()
     out.print(f"{len(bundle['people'])} people provided to {party}; recorded as a transfer")
@@ -416,7 +382,7 @@ def suppress_command(
     """Suppress an address at once on a person's request by phone or letter: every
     subscription stops, with consent events; only a fresh confirmed sign-up lifts it."""
     settings = load_settings()
-    runtime = _runtime(settings)
+    runtime = runtime_for(settings)
     with Session(for_writing(runtime.engine)) as session:
         try:
             ended = suppress_by_staff(
@@ -427,7 +393,7 @@ def suppress_command(
                 note=note,
             )
         except InvalidInput as exc:
-            _fail(str(exc))
+            fail(str(exc))
         session.commit()
     out.print(f"suppressed; {ended} subscription(s) stopped")
 
@@ -447,15 +413,15 @@ def admin_create(
     else:
         password = getpass.getpass("Password: ")
         if getpass.getpass("Repeat password: ") != password:
-            _fail("the passwords differ")
+            fail("the passwords differ")
     try:
         data = StaffUserCreate(email=email, role=role, display_name=name, password=password)
     except ValidationError as exc:
         first = exc.errors()[0]
-        _fail(f"{first['loc'][0]}: {first['msg']}")
+        fail(f"{first['loc'][0]}: {first['msg']}")
     settings = load_settings()
-    engine = _connect(settings)
-    _require_schema(engine)
+    engine = connect(settings)
+    require_schema(engine)
     with Session(for_writing(engine)) as session:
         user = create_staff_user(session=session, data=data)
         session.commit()
@@ -470,14 +436,14 @@ def admin_token(
 ) -> None:
     """Create a personal API token for the JSON API; it is shown once, store it safely."""
     settings = load_settings()
-    engine = _connect(settings)
-    _require_schema(engine)
+    engine = connect(settings)
+    require_schema(engine)
     with Session(for_writing(engine)) as session:
         user = session.exec(
             select(StaffUser).where(StaffUser.email == normalise_staff_email(email))
         ).first()
         if user is None or not user.active:
-            _fail(f"no active staff account {email}")
+            fail(f"no active staff account {email}")
         expires = utcnow() + timedelta(days=days) if days else None
         token = issue_token(session, user, label=label, expires_at=expires)
         session.commit()
@@ -491,8 +457,8 @@ def consent_verify() -> None:
     Exit status 0 when intact, 1 when a row was altered, removed, inserted or reordered.
     """
     settings = load_settings()
-    engine = _connect(settings)
-    _require_schema(engine)
+    engine = connect(settings)
+    require_schema(engine)
     hasher = AddressHasher(settings.resolved_secret())
     with Session(engine) as session:
         result = consent.verify(session, digest=hasher.digest)
@@ -509,13 +475,13 @@ def consent_evidence(
 ) -> None:
     """Print, as JSON, every ledger row about one address and the notice texts they cite."""
     settings = load_settings()
-    engine = _connect(settings)
-    _require_schema(engine)
+    engine = connect(settings)
+    require_schema(engine)
     hasher = AddressHasher(settings.resolved_secret())
     try:
         address = normalise_address(email)
     except InvalidInput as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with Session(engine) as session:
         bundle = consent.evidence(session, subject_digest=hasher.digest(address))
     sys.stdout.write(json.dumps(bundle, ensure_ascii=False, indent=2) + "\n")

@@ -69,16 +69,19 @@ def row_hash(event: ConsentEvent) -> str:
         event.personal_digest,
         event.prev_hash,
     ]
+    if event.import_batch_id is not None:  # rows written before imports existed hash as before
+        content.append(event.import_batch_id)
     encoded = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
 
-def _locked_head(session: Session) -> LedgerHead:
+def locked_head(session: Session, chain: str = CHAIN) -> LedgerHead:
+    """The tip of a hash chain, locked until the transaction ends (appends are serialised)."""
     head = session.exec(
-        select(LedgerHead).where(LedgerHead.name == CHAIN).with_for_update()
+        select(LedgerHead).where(LedgerHead.name == chain).with_for_update()
     ).one_or_none()
     if head is None:  # the migration creates it; a missing head is tampering
-        raise RuntimeError("the consent ledger head is missing")
+        raise RuntimeError(f"the {chain} ledger head is missing")
     return head
 
 
@@ -94,7 +97,7 @@ def append(
     occurred_at: datetime | None = None,
 ) -> ConsentEvent:
     """Add one event at the end of the chain, in the caller's transaction."""
-    head = _locked_head(session)
+    head = locked_head(session)
     ip = evidence.ip[:45] if evidence.ip else None
     user_agent = evidence.user_agent[:512] if evidence.user_agent else None
     event = ConsentEvent(
@@ -191,6 +194,8 @@ def _check(
         return f"row {expected_seq} is missing (next row found is {event.seq})"
     if event.prev_hash != expected_prev:
         return f"row {event.seq} does not follow row {event.seq - 1} (removed or reordered)"
+    if event.purged:  # past retention: only its place in the chain is still provable
+        return ""
     if row_hash(event) != event.row_hash:
         return f"row {event.seq} was altered after it was written"
     if not event.personal_erased and personal_digest(event.ip, event.user_agent) != (

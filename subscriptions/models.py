@@ -15,7 +15,17 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlmodel import Field, SQLModel
 
 from mailer.clock import utcnow
@@ -201,6 +211,14 @@ class ConsentEvent(SQLModel, table=True):
     user_agent: str | None = Field(default=None, max_length=512)
     personal_digest: str = Field(max_length=64)
     personal_erased: bool = False
+    import_batch_id: int | None = Field(
+        default=None, description="The import this event came from (hashed when set)."
+    )
+    purged: bool = Field(
+        default=False,
+        description="Past its retention: content blanked, only its place in the chain kept.",
+        sa_column_kwargs={"server_default": false()},
+    )
     prev_hash: str = Field(max_length=64)
     row_hash: str = Field(max_length=64, unique=True)
 
@@ -442,3 +460,130 @@ class PartyCredential(SQLModel, table=True):
     expires_at: datetime = Field(sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+# --- Audit log ----------------------------------------------------------------------------------
+
+
+class AuditEvent(SQLModel, table=True):
+    """One row of the append-only, hash-chained audit log: who did what to whose data, when,
+    from where. The people concerned are in ``audit_subject`` (their digests enter the row
+    hash through ``subjects_digest``)."""
+
+    __tablename__ = "audit_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    seq: int = Field(unique=True)
+    occurred_at: datetime = Field(sa_type=UTCDateTime)
+    actor: str = Field(max_length=200, description="staff:<id> <email>, cli:<user>, system")
+    action: str = Field(max_length=64, index=True)
+    target: str = Field(default="", max_length=200)
+    detail: str = Field(default="", sa_type=Text)
+    source: str = Field(default="", max_length=100, description="IP address or terminal.")
+    subjects: int = 0
+    subjects_digest: str = Field(max_length=64)
+    prev_hash: str = Field(max_length=64)
+    row_hash: str = Field(max_length=64, unique=True)
+
+
+class AuditSubject(SQLModel, table=True):
+    __tablename__ = "audit_subject"
+
+    id: int | None = Field(default=None, primary_key=True)
+    audit_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("audit_event.id", ondelete="CASCADE"), nullable=False)
+    )
+    subject_digest: str = Field(max_length=64, index=True)
+
+
+# --- Retention ----------------------------------------------------------------------------------
+
+
+class LegalHold(SQLModel, table=True):
+    """Keeps everything about one address from every retention purge until released."""
+
+    __tablename__ = "legal_hold"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subject_digest: str = Field(max_length=64, index=True)
+    reason: str = Field(max_length=500)
+    created_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    released_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class RetentionRun(SQLModel, table=True):
+    """One run of the retention jobs and what each deleted."""
+
+    __tablename__ = "retention_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: datetime = Field(sa_type=UTCDateTime)
+    finished_at: datetime = Field(sa_type=UTCDateTime)
+    deleted: dict[str, int] = Field(default_factory=dict, sa_type=JSON)
+    held: int = Field(default=0, description="Rows due but kept under a legal hold.")
+
+
+# --- Imports ------------------------------------------------------------------------------------
+
+
+class ImportBatch(SQLModel, table=True):
+    """One CSV import: the file's hash (a second import of it changes nothing), the legal
+    basis under which its rows came in, and what became of them."""
+
+    __tablename__ = "import_batch"
+
+    id: int | None = Field(default=None, primary_key=True)
+    file_sha256: str = Field(max_length=64, unique=True)
+    file_name: str = Field(max_length=300)
+    magazine: str = Field(max_length=64)
+    legal_basis: str = Field(default="", max_length=300)
+    triggered_by: str = Field(max_length=200)
+    started_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    counts: dict[str, int] = Field(default_factory=dict, sa_type=JSON)
+
+
+# --- Incidents ----------------------------------------------------------------------------------
+
+
+class IncidentKind(StrEnum):
+    leak = "leak"  # 漏えい
+    loss = "loss"  # 滅失
+    damage = "damage"  # 毀損
+    suspected = "suspected"  # a possibility (おそれ) under investigation
+
+
+class Incident(SQLModel, table=True):
+    """A personal-data incident in the privacy officer's register (APPI Art. 26)."""
+
+    __tablename__ = "incident"
+
+    id: int | None = Field(default=None, primary_key=True)
+    title: str = Field(max_length=300)
+    description: str = Field(default="", sa_type=Text)
+    kind: IncidentKind = Field(sa_type=EnumText(IncidentKind))
+    discovered_at: datetime = Field(sa_type=UTCDateTime)
+    sensitive_data: bool = False  # 要配慮個人情報
+    financial_harm: bool = False  # data whose misuse may cause financial damage
+    unauthorised_access: bool = False  # a wrongful purpose: attack, theft, insider
+    recorded_by: str = Field(max_length=200)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    reported_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    people_notified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class IncidentSubject(SQLModel, table=True):
+    __tablename__ = "incident_subject"
+    __table_args__ = (UniqueConstraint("incident_id", "subject_digest"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    incident_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("incident.id", ondelete="CASCADE"), nullable=False)
+    )
+    subscriber_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL")),
+    )
+    subject_digest: str = Field(max_length=64)

@@ -364,5 +364,5 @@ def test_the_links_of_a_sent_message_carry_only_its_delivery_token_and_work(
         assert answer.status_code == 200, answer.text
     with Session(engine) as session:
         statuses = dict(session.exec(select(Subscription.subscriber_id, Subscription.status)).all())
-    assert statuses[person.id] is SubscriptionStatus.unsubscribed
-    assert statuses[other.id] is SubscriptionStatus.confirmed
+    assert statuses[person.id or 0] is SubscriptionStatus.unsubscribed
+    assert statuses[other.id or 0] is SubscriptionStatus.confirmed

@@ -1,0 +1,48 @@
+"""What every command of the command line shares: the consoles, failing with one line,
+connecting to a database whose schema is current, building the runtime."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from sqlalchemy.engine import Engine
+
+from subscriptions import schema
+from subscriptions.db import check_connection, make_engine
+from subscriptions.errors import ConfigurationError, StoreError
+from subscriptions.runtime import Runtime, build_runtime
+from subscriptions.settings import Settings
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"mailmag: {message}", highlight=False, markup=False)
+    raise typer.Exit(code)
+
+
+def connect(settings: Settings) -> Engine:
+    engine = make_engine(settings.sqlalchemy_url)
+    try:
+        check_connection(engine)
+    except StoreError as exc:
+        raise ConfigurationError(f"MAILMAG_DATABASE_URL: cannot connect: {exc}") from None
+    return engine
+
+
+def require_schema(engine: Engine) -> None:
+    state = schema.revision_state(engine)
+    if not state.at_head:
+        raise StoreError(
+            f"the database schema is at {state.current or 'nothing'}, not {state.head}: "
+            "run `mailmag migrate` first"
+        )
+
+
+def runtime_for(settings: Settings) -> Runtime:
+    engine = connect(settings)
+    require_schema(engine)
+    return build_runtime(settings, engine)
