@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from subscriptions import audit
 from subscriptions.audit import Actor
@@ -42,7 +42,7 @@ def test_an_export_holds_only_the_fields_asked_for_and_is_audited(
     as_json = json.loads(exported(engine, "json", ("email", "status")))
     assert {r["status"] for r in as_json} == {"confirmed"}
     with Session(engine) as session:
-        events = session.exec(select(AuditEvent).order_by(AuditEvent.seq)).all()
+        events = session.exec(select(AuditEvent).order_by(col(AuditEvent.seq))).all()
         subjects = session.exec(
             select(AuditSubject.subject_digest).where(AuditSubject.audit_id == events[0].id)
         ).all()
