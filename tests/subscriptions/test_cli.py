@@ -305,3 +305,26 @@ def test_a_party_credential_is_shown_once_stored_hashed_and_revocable(tmp_path: 
     revoked = run(["parties", "credential", "revoke", "1"], tmp_path, env)
     assert revoked.returncode == 0, revoked.stderr
     assert run(["parties", "credential", "revoke", "9"], tmp_path, env).returncode == 2
+
+
+def test_backup_and_restore_from_the_shell(tmp_path: Path) -> None:
+    env = {"MAILMAG_SECRET_KEY": "s" * 40}
+    live, spare = tmp_path / "live", tmp_path / "spare"
+    live.mkdir()
+    spare.mkdir()
+    assert run(["migrate"], live, env).returncode == 0
+    assert (
+        run(["suppress", "gone@example.org", "--note", "asked by phone"], live, env).returncode == 0
+    )
+    made = run(["backup", str(tmp_path / "store.backup")], live, env)
+    assert made.returncode == 0, made.stderr
+    assert "sha256" in made.stdout
+    restored = run(["restore", str(tmp_path / "store.backup")], spare, env)
+    assert restored.returncode == 0, restored.stderr
+    assert "consent ledger intact" in restored.stdout
+    assert "audit log intact (1 rows)" in restored.stdout  # the backup's own audit entry
+    verify = run(["audit", "verify"], spare, env)
+    assert "audit log intact: 2 rows verified" in verify.stdout  # + the restore
+    missing = run(["restore", str(tmp_path / "none.backup")], spare, env)
+    assert missing.returncode == 2
+    assert "there is no backup file" in missing.stderr
