@@ -250,7 +250,7 @@ class DeliveryWorker:
     def _finish(self, issue_id: int) -> None:
         with Session(for_writing(self.engine)) as session:
             if issues.finish_if_done(session, issue_id):
-                log.info("issue %s sent", issue_id)
+                log.info("issue %s sent", issue_id, extra={"issue_id": issue_id})
             session.commit()
 
     # --- the loop ----------------------------------------------------------------------------

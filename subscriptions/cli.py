@@ -34,7 +34,15 @@ from subscriptions import consent, operations_cli, parties, provision, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
 from subscriptions.auth import issue_party_credential, issue_token
-from subscriptions.cli_support import connect, err, fail, out, require_schema, runtime_for
+from subscriptions.cli_support import (
+    connect,
+    err,
+    fail,
+    out,
+    require_schema,
+    runtime_for,
+    start_logging,
+)
 from subscriptions.db import for_writing
 from subscriptions.errors import (
     ConfigurationError,
@@ -90,6 +98,7 @@ def serve(
     This is the embedded default: one process, a SQLite file, nothing else to install.
     """
     settings = load_settings()
+    start_logging(settings)
     settings.resolved_secret()
     engine = connect(settings)
     require_schema(engine)
@@ -110,7 +119,7 @@ def serve(
             f"no SMTP relay set: capturing mail on 127.0.0.1:{runtime.capture.port}, "
             f"see http://{listen_host}:{listen_port}/_mail"
         )
-    uvicorn.run(web, host=listen_host, port=listen_port, log_level="warning")
+    uvicorn.run(web, host=listen_host, port=listen_port, log_config=None, log_level="info")
 
 
 @app.command()
@@ -123,6 +132,7 @@ def worker(
     Ctrl-C and it finishes the message in hand first.
     """
     settings = load_settings()
+    start_logging(settings)
     runtime = runtime_for(settings)
     delivery = runtime.delivery_worker()
     delivery.config = replace(delivery.config, batch=batch)
@@ -149,6 +159,7 @@ def inbound(
     mailmag owns are accepted; each message is stored before it is acknowledged.
     """
     settings = load_settings()
+    start_logging(settings)
     runtime = runtime_for(settings)
     listen_host = host or settings.inbound_host
     listen_port = port or settings.inbound_port

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.engine import Engine
 
-from subscriptions import schema
+from subscriptions import logs, schema
 from subscriptions.db import check_connection, make_engine
 from subscriptions.errors import ConfigurationError, StoreError
 from subscriptions.runtime import Runtime, build_runtime
@@ -46,3 +46,11 @@ def runtime_for(settings: Settings) -> Runtime:
     engine = connect(settings)
     require_schema(engine)
     return build_runtime(settings, engine)
+
+
+def start_logging(settings: Settings) -> None:
+    logs.configure(
+        fmt=settings.log_format,
+        level=settings.log_level,
+        personal_data=settings.log_personal_data,
+    )

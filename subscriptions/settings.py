@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AnyHttpUrl,
@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     processor_passwords: dict[str, SecretStr] = Field(
         default_factory=dict,
         description='SMTP passwords of processor routes, as JSON: {"<processor key>": "..."}.',
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line; text: for a terminal."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_personal_data: bool = Field(
+        default=False,
+        description="Debugging only: keep addresses, link tokens and client IPs in the logs.",
     )
     metrics_token: SecretStr | None = Field(
         default=None, description="Bearer token the /metrics scraper must send; unset = open."

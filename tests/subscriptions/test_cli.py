@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import smtplib
 import subprocess
@@ -98,13 +99,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, int]]:
     env = {"MAILMAG_HTTP_PORT": str(http_port), "MAILMAG_CAPTURE_SMTP_PORT": str(smtp_port)}
     assert run(["migrate"], tmp_path, env).returncode == 0
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILMAG_")}
+    log = (tmp_path / "serve.log").open("w")  # a file, not a pipe: a full pipe would block it
     process = subprocess.Popen(
-        [MAILMAG, "serve"],
-        cwd=tmp_path,
-        env=clean | env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        [MAILMAG, "serve"], cwd=tmp_path, env=clean | env, stdout=log, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{http_port}"
     try:
@@ -116,13 +113,14 @@ def served(tmp_path: Path) -> Iterator[tuple[str, int]]:
             except httpx.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read() if process.stdout else ""
+                output = (tmp_path / "serve.log").read_text()
                 pytest.fail(f"mailmag serve did not become ready: {output}")
             time.sleep(0.1)
         yield base, smtp_port
     finally:
         process.terminate()
-        process.communicate(timeout=10)
+        process.wait(timeout=10)
+        log.close()
 
 
 def test_serve_runs_on_embedded_defaults_and_shows_captured_mail(
@@ -142,6 +140,35 @@ def test_serve_runs_on_embedded_defaults_and_shows_captured_mail(
     assert listing.status_code == 200
     assert "日本語の件名" in listing.text
     assert "reader@example.org" in listing.text
+
+
+def test_serve_logs_one_json_object_per_line_without_personal_data(
+    served: tuple[str, int], tmp_path: Path
+) -> None:
+    base, _ = served
+    form = httpx.get(f"{base}/api/v1/subscribe/form", timeout=5).json()
+    answer = httpx.post(
+        f"{base}/api/v1/subscribe",
+        json={
+            "email": "secret.reader@example.org",
+            "magazines": ["weekly"],
+            "notice_hash": form["notice_hash"],
+            "form_token": form["form_token"],
+        },
+        timeout=5,
+    )
+    assert answer.status_code == 202, answer.text
+    httpx.get(f"{base}/u/SOMELINKTOKEN123", timeout=5)
+    time.sleep(0.3)
+    lines = [line for line in (tmp_path / "serve.log").read_text().splitlines() if line]
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    requests = [e for e in entries if e["message"] == "request"]
+    assert {e["path"] for e in requests} >= {"/api/v1/subscribe", "/u/<token>"}
+    assert all({"ts", "level", "logger"} <= set(e) for e in entries)
+    text = "\n".join(lines)
+    assert "secret.reader" not in text
+    assert "SOMELINKTOKEN123" not in text
+    assert "127.0.0.1:" not in "".join(str(e.get("client", "")) for e in requests)
 
 
 def test_send_command_sends_an_issue_with_a_progress_bar(tmp_path: Path) -> None:
