@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
@@ -57,20 +57,36 @@ def personal_digest(ip: str | None, user_agent: str | None) -> str:
 
 def row_hash(event: ConsentEvent) -> str:
     """SHA-256 over the row's content and the previous row's hash, in a fixed order."""
+    return _hash_row(
+        seq=event.seq,
+        subject_digest=event.subject_digest,
+        purpose=event.purpose.value,
+        scope=event.scope,
+        action=event.action.value,
+        channel=event.channel.value,
+        notice_hash=event.notice_hash,
+        occurred_at=event.occurred_at,
+        personal_digest=event.personal_digest,
+        prev_hash=event.prev_hash,
+        import_batch_id=event.import_batch_id,
+    )
+
+
+def _hash_row(**row: Any) -> str:
     content = [
-        event.seq,
-        event.subject_digest,
-        event.purpose.value,
-        event.scope,
-        event.action.value,
-        event.channel.value,
-        event.notice_hash,
-        event.occurred_at.isoformat(timespec="microseconds"),
-        event.personal_digest,
-        event.prev_hash,
+        row["seq"],
+        row["subject_digest"],
+        row["purpose"],
+        row["scope"],
+        row["action"],
+        row["channel"],
+        row["notice_hash"],
+        row["occurred_at"].isoformat(timespec="microseconds"),
+        row["personal_digest"],
+        row["prev_hash"],
     ]
-    if event.import_batch_id is not None:  # rows written before imports existed hash as before
-        content.append(event.import_batch_id)
+    if row.get("import_batch_id") is not None:  # rows from before imports hash as they did
+        content.append(row["import_batch_id"])
     encoded = json.dumps(content, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(encoded.encode("utf-8")).hexdigest()
 
@@ -123,6 +139,29 @@ def append(
     session.add(event)
     session.add(head)
     return event
+
+
+def append_many(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Append many events at once (imports): ``rows`` hold ``subscriber_id``,
+    ``subject_digest``, ``purpose``, ``scope``, ``action``, ``channel``, ``notice_hash``,
+    ``occurred_at``, ``user_agent`` and ``import_batch_id``; positions and hashes are
+    assigned here, in order, under the same head lock as ``append``."""
+    if not rows:
+        return
+    head = locked_head(session)
+    seq, prev = head.seq, head.last_hash
+    for row in rows:
+        seq += 1
+        row["seq"] = seq
+        row["ip"] = None
+        row["personal_digest"] = personal_digest(None, row["user_agent"])
+        row["personal_erased"] = False
+        row["purged"] = False
+        row["prev_hash"] = prev
+        prev = row["row_hash"] = _hash_row(**row)
+    session.execute(insert(ConsentEvent), rows)
+    head.seq, head.last_hash = seq, prev
+    session.add(head)
 
 
 def erase_personal_fields(session: Session, *, subscriber_id: int) -> int:

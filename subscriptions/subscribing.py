@@ -240,6 +240,10 @@ class OptIn:
             granted += 1
         return granted
 
+    def ask_to_confirm(self, session: Session, subscriber: Subscriber) -> None:
+        """Queue the confirmation request (at most one confirmation-type mail a day)."""
+        self._notify(session, subscriber, needs_confirmation=True)
+
     def _notify(
         self, session: Session, subscriber: Subscriber, *, needs_confirmation: bool
     ) -> None:
