@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
+from subscriptions.db import table_of
 from subscriptions.models import (
     ConsentAction,
     ConsentChannel,
@@ -159,7 +160,7 @@ def append_many(session: Session, rows: list[dict[str, Any]]) -> None:
         row["purged"] = False
         row["prev_hash"] = prev
         prev = row["row_hash"] = _hash_row(**row)
-    session.execute(insert(ConsentEvent), rows)
+    session.connection().execute(table_of(ConsentEvent).insert(), rows)
     head.seq, head.last_hash = seq, prev
     session.add(head)
 

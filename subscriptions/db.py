@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import Table, create_engine, event, text
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import SQLModel
 
 from mailer.transactions import BEGIN_OPTION, for_writing
 from subscriptions.errors import StoreError
@@ -69,3 +70,8 @@ def check_connection(engine: Engine) -> None:
         orig = getattr(exc, "orig", None)
         reason = str(orig) if orig is not None else str(exc)
         raise StoreError(reason.strip().splitlines()[0]) from None
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model, for bulk statements that skip the ORM's per-row work."""
+    return SQLModel.metadata.tables[str(model.__tablename__)]

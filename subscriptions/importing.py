@@ -35,7 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import bindparam, insert, text
+from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -43,7 +43,7 @@ from mailer.clock import utcnow
 from subscriptions import audit, consent
 from subscriptions.addresses import normalise_address
 from subscriptions.audit import Actor
-from subscriptions.db import for_writing
+from subscriptions.db import for_writing, table_of
 from subscriptions.errors import InvalidInput
 from subscriptions.models import (
     ConsentAction,
@@ -163,10 +163,9 @@ class Importer:
         assert found.id is not None
         assert magazine_row.id is not None
         report = Report(found.id)
-        seen: set[str] = set()
         with path.open("rb") as binary:
             handle = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
-            chunks = self._chunks(handle, report, seen, notices, bool(found.legal_basis))
+            chunks = self._chunks(handle, report, notices, bool(found.legal_basis))
             try:
                 for chunk in chunks:
                     self._write(chunk, magazine_row, found.id, report, confirm_by_mail)
@@ -212,11 +211,11 @@ class Importer:
         self,
         handle: TextIO,
         report: Report,
-        seen: set[str],
         notices: set[str],
         has_basis: bool,
     ) -> Iterator[list[Row]]:
         reader = csv.DictReader(handle)
+        seen: set[str] = set()
         header = _header(reader)
         chunk: list[Row] = []
         for raw in reader:
@@ -239,6 +238,7 @@ class Importer:
             if len(chunk) >= CHUNK:
                 yield chunk
                 chunk = []
+                seen.clear()  # later repeats find the person stored: counted as unchanged
         if chunk:
             yield chunk
 
@@ -330,24 +330,27 @@ class Importer:
                     continue
                 new_people.append(row)
             if new_people:
-                ids = session.execute(
-                    insert(Subscriber).returning(
-                        col(Subscriber.id), col(Subscriber.address_digest)
-                    ),
-                    [
-                        {
-                            "email": r.email,
-                            "address_digest": r.digest,
-                            "token_key": new_token_key(),
-                            "locale": r.locale,
-                            "bounce_score": 0.0,
-                            "created_at": now,
-                            "updated_at": now,
-                            **r.profile,
-                        }
-                        for r in new_people
-                    ],
-                ).all()
+                table = table_of(Subscriber)
+                ids = (
+                    session.connection()
+                    .execute(
+                        table.insert().returning(table.c.id, table.c.address_digest),
+                        [
+                            {
+                                "email": r.email,
+                                "address_digest": r.digest,
+                                "token_key": new_token_key(),
+                                "locale": r.locale,
+                                "bounce_score": 0.0,
+                                "created_at": now,
+                                "updated_at": now,
+                                **r.profile,
+                            }
+                            for r in new_people
+                        ],
+                    )
+                    .all()
+                )
                 by_digest = {d: i for i, d in ids}
                 new_subscriptions += [(r, by_digest[r.digest]) for r in new_people]
             self._subscribe(session, new_subscriptions, magazine, batch_id, now, report)
@@ -407,7 +410,7 @@ class Importer:
                 report.confirmed += 1
             else:
                 report.pending += 1
-        session.execute(insert(Subscription), subscriptions)
+        session.connection().execute(table_of(Subscription).insert(), subscriptions)
         consent.append_many(session, events)
 
 
