@@ -20,17 +20,23 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from sqlmodel import Session, col, select
 
+from mailer.clock import utcnow
 from subscriptions import audit, backup
+from subscriptions.addresses import normalise_address
 from subscriptions.audit import Actor
 from subscriptions.cli_support import connect, err, fail, out, require_schema, runtime_for
 from subscriptions.db import for_writing
 from subscriptions.errors import InvalidInput
 from subscriptions.exports import EXPORTABLE, export_magazine
 from subscriptions.importing import Importer
-from subscriptions.models import AuditEvent, SubscriptionStatus
+from subscriptions.models import AuditEvent, LegalHold, SubscriptionStatus
 from subscriptions.settings import load_settings
 
 audit_app = typer.Typer(help="The audit log: verify it, export it.", no_args_is_help=True)
+hold_app = typer.Typer(
+    help="Legal holds: keep everything about an address from retention purges.",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -39,6 +45,7 @@ def register(app: typer.Typer) -> None:
     app.command("backup")(backup_command)
     app.command("restore")(restore_command)
     app.command("import")(import_command)
+    app.add_typer(hold_app, name="hold")
 
 
 def shell_actor(staff: str) -> Actor:
@@ -224,3 +231,75 @@ def import_command(
     )
     for line, reason in report.problems[:10]:
         err.print(f"  line {line}: {reason}", markup=False, highlight=False)
+
+
+@hold_app.command("add")
+def hold_add(
+    address: Annotated[str, typer.Argument(help="The address (also of an erased person).")],
+    reason: Annotated[str, typer.Option(help="Why: the dispute, order or request it serves.")],
+    staff: Annotated[str, typer.Option(help="Who sets it, for the record.")],
+) -> None:
+    """Stop every retention purge of this address's records until the hold is released."""
+    settings = load_settings()
+    runtime = runtime_for(settings)
+    try:
+        digest = runtime.optin.hasher.digest(normalise_address(address))
+    except InvalidInput as exc:
+        fail(str(exc))
+    if not reason.strip():
+        fail("give the reason for the hold")
+    with Session(for_writing(runtime.engine)) as session:
+        hold = LegalHold(subject_digest=digest, reason=reason.strip()[:500], created_by=staff)
+        session.add(hold)
+        session.flush()
+        audit.record(
+            session, shell_actor(staff), "legal_hold", target=f"hold:{hold.id}", subjects=[digest]
+        )
+        session.commit()
+        out.print(f"legal hold #{hold.id} set")
+
+
+@hold_app.command("release")
+def hold_release(
+    hold_id: Annotated[int, typer.Argument(help="The hold's number.")],
+    staff: Annotated[str, typer.Option(help="Who releases it, for the record.")],
+) -> None:
+    """Release a hold: the address's records follow the retention rules again."""
+    settings = load_settings()
+    engine = connect(settings)
+    require_schema(engine)
+    with Session(for_writing(engine)) as session:
+        hold = session.get(LegalHold, hold_id)
+        if hold is None or hold.released_at is not None:
+            fail(f"there is no active legal hold #{hold_id}")
+        hold.released_at = utcnow()
+        session.add(hold)
+        audit.record(
+            session,
+            shell_actor(staff),
+            "legal_hold_released",
+            target=f"hold:{hold_id}",
+            subjects=[hold.subject_digest],
+        )
+        session.commit()
+    out.print(f"legal hold #{hold_id} released")
+
+
+@hold_app.command("list")
+def hold_list() -> None:
+    """The active holds."""
+    settings = load_settings()
+    engine = connect(settings)
+    require_schema(engine)
+    with Session(engine) as session:
+        holds = session.exec(
+            select(LegalHold)
+            .where(col(LegalHold.released_at).is_(None))
+            .order_by(col(LegalHold.id))
+        ).all()
+    if not holds:
+        out.print("no active legal holds")
+    for hold in holds:
+        out.print(
+            f"#{hold.id}  since {hold.created_at:%Y-%m-%d}  by {hold.created_by}: {hold.reason}"
+        )

@@ -162,6 +162,7 @@ class Runtime:
             timedelta(minutes=self.settings.form_token_minutes),
             timedelta(days=self.settings.inbound_retention_days),
             timedelta(days=self.settings.transfer_retention_days),
+            timedelta(days=self.settings.consent_retention_days),
         )
 
     async def start_loops(self, *, delivery: bool = True) -> None:

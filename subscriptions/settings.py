@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     transfer_retention_days: Annotated[int, Field(ge=1)] = Field(
         default=3 * 365 + 1, description="Transfer records are purged after this."
     )
+    consent_retention_days: Annotated[int, Field(ge=31)] = Field(
+        default=3 * 365 + 1,
+        description="Consent rows of people whose consent ended are purged after this (never "
+        "less than a month after the last mail, as the Specified Electronic Mail Act requires).",
+    )
     inbound_retention_days: Annotated[int, Field(ge=1)] = Field(
         default=30, description="Raw bounce and complaint messages are purged after this."
     )
