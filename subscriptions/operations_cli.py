@@ -6,6 +6,7 @@ import csv
 import getpass
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +22,7 @@ from rich.progress import Progress as RichProgress
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
-from subscriptions import audit, backup
+from subscriptions import audit, backup, incidents
 from subscriptions.addresses import normalise_address
 from subscriptions.audit import Actor
 from subscriptions.cli_support import connect, err, fail, out, require_schema, runtime_for
@@ -29,10 +30,20 @@ from subscriptions.db import for_writing
 from subscriptions.errors import InvalidInput
 from subscriptions.exports import EXPORTABLE, export_magazine
 from subscriptions.importing import Importer
-from subscriptions.models import AuditEvent, LegalHold, SubscriptionStatus
+from subscriptions.models import (
+    AuditEvent,
+    Incident,
+    IncidentKind,
+    LegalHold,
+    SubscriptionStatus,
+)
 from subscriptions.settings import load_settings
 
 audit_app = typer.Typer(help="The audit log: verify it, export it.", no_args_is_help=True)
+incident_app = typer.Typer(
+    help="The incident register: affected people, whether to report, by when.",
+    no_args_is_help=True,
+)
 hold_app = typer.Typer(
     help="Legal holds: keep everything about an address from retention purges.",
     no_args_is_help=True,
@@ -46,6 +57,7 @@ def register(app: typer.Typer) -> None:
     app.command("restore")(restore_command)
     app.command("import")(import_command)
     app.add_typer(hold_app, name="hold")
+    app.add_typer(incident_app, name="incident")
 
 
 def shell_actor(staff: str) -> Actor:
@@ -303,3 +315,142 @@ def hold_list() -> None:
         out.print(
             f"#{hold.id}  since {hold.created_at:%Y-%m-%d}  by {hold.created_by}: {hold.reason}"
         )
+
+
+@incident_app.command("open")
+def incident_open(
+    title: Annotated[str, typer.Option(help="What happened, in a line.")],
+    kind: Annotated[IncidentKind, typer.Option(help="leak, loss, damage or suspected.")],
+    discovered: Annotated[
+        datetime, typer.Option(help="When it was discovered (ISO 8601, UTC if no zone).")
+    ],
+    staff: Annotated[str, typer.Option(help="Who records it.")],
+    description: Annotated[str, typer.Option(help="Details.")] = "",
+    sensitive: Annotated[bool, typer.Option(help="Sensitive personal information.")] = False,
+    financial: Annotated[bool, typer.Option(help="Misuse may cause financial damage.")] = False,
+    wrongful: Annotated[
+        bool, typer.Option(help="Unauthorised access, theft or another wrongful purpose.")
+    ] = False,
+) -> None:
+    """Open an incident."""
+    settings = load_settings()
+    engine = connect(settings)
+    require_schema(engine)
+    when = discovered if discovered.tzinfo else discovered.replace(tzinfo=UTC)
+    with Session(for_writing(engine)) as session:
+        try:
+            incident = incidents.open_incident(
+                session,
+                shell_actor(staff),
+                title=title,
+                kind=kind,
+                discovered_at=when,
+                description=description,
+                sensitive_data=sensitive,
+                financial_harm=financial,
+                unauthorised_access=wrongful,
+            )
+        except InvalidInput as exc:
+            fail(str(exc))
+        session.commit()
+        out.print(f"incident #{incident.id} opened")
+
+
+@incident_app.command("link")
+def incident_link(
+    incident_id: Annotated[int, typer.Argument(help="The incident's number.")],
+    staff: Annotated[str, typer.Option(help="Who links them.")],
+    address: Annotated[list[str] | None, typer.Option(help="An affected address (repeat).")] = None,
+    addresses: Annotated[
+        Path | None, typer.Option(help="A file of affected addresses, one per line.")
+    ] = None,
+    magazine: Annotated[str, typer.Option(help="Everyone who subscribed to this magazine.")] = "",
+) -> None:
+    """Link affected people to an incident."""
+    settings = load_settings()
+    runtime = runtime_for(settings)
+    raw = list(address or [])
+    if addresses is not None:
+        raw += [line.strip() for line in addresses.read_text(encoding="utf-8").splitlines()]
+    digests = []
+    for line in filter(None, raw):
+        try:
+            digests.append(runtime.optin.hasher.digest(normalise_address(line)))
+        except InvalidInput as exc:
+            fail(f"{line}: {exc.message}")
+    actor = shell_actor(staff)
+    with Session(for_writing(runtime.engine)) as session:
+        try:
+            incident = incidents.get(session, incident_id)
+            added = incidents.link_addresses(session, actor, incident, digests) if digests else 0
+            if magazine:
+                added += incidents.link_magazine(session, actor, incident, magazine)
+        except InvalidInput as exc:
+            fail(str(exc))
+        assessment = incidents.assess(session, incident)
+        session.commit()
+    out.print(f"{added} people linked; {assessment.people} affected in all")
+
+
+@incident_app.command("show")
+def incident_show(
+    incident_id: Annotated[int, typer.Argument(help="The incident's number.")],
+) -> None:
+    """The incident, how many people it affects, whether and by when it must be reported."""
+    settings = load_settings()
+    engine = connect(settings)
+    require_schema(engine)
+    with Session(engine) as session:
+        try:
+            incident = incidents.get(session, incident_id)
+        except InvalidInput as exc:
+            fail(str(exc))
+        sys.stdout.write(
+            json.dumps(incidents.summary(session, incident), ensure_ascii=False, indent=2) + "\n"
+        )
+
+
+@incident_app.command("list")
+def incident_list() -> None:
+    """Open incidents first, with their report deadlines."""
+    settings = load_settings()
+    engine = connect(settings)
+    require_schema(engine)
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Incident).order_by(col(Incident.closed_at).is_not(None), col(Incident.id))
+        ).all()
+        if not rows:
+            out.print("no incidents recorded")
+        for incident in rows:
+            found = incidents.assess(session, incident)
+            due = (
+                f"report: preliminary by {found.preliminary_due:%Y-%m-%d}, "
+                f"final by {found.final_due:%Y-%m-%d}"
+                if found.must_report and found.final_due and found.preliminary_due
+                else "no report required"
+            )
+            state = "closed" if incident.closed_at else "open"
+            out.print(
+                f"#{incident.id} [{state}] {incident.title}: {found.people} people; {due}",
+                markup=False,
+            )
+
+
+@incident_app.command("mark")
+def incident_mark(
+    incident_id: Annotated[int, typer.Argument(help="The incident's number.")],
+    step: Annotated[str, typer.Argument(help="reported, notified or closed.")],
+    staff: Annotated[str, typer.Option(help="Who records the step.")],
+) -> None:
+    """Record a step: reported to the Commission, people notified, closed."""
+    settings = load_settings()
+    engine = connect(settings)
+    require_schema(engine)
+    with Session(for_writing(engine)) as session:
+        try:
+            incidents.mark(session, shell_actor(staff), incidents.get(session, incident_id), step)
+        except InvalidInput as exc:
+            fail(str(exc))
+        session.commit()
+    out.print(f"incident #{incident_id}: {step}")

@@ -355,3 +355,44 @@ def test_backup_and_restore_from_the_shell(tmp_path: Path) -> None:
     missing = run(["restore", str(tmp_path / "none.backup")], spare, env)
     assert missing.returncode == 2
     assert "there is no backup file" in missing.stderr
+
+
+def test_incidents_and_legal_holds_from_the_shell(tmp_path: Path) -> None:
+    env = {"MAILMAG_SECRET_KEY": "s" * 40}
+    assert run(["migrate"], tmp_path, env).returncode == 0
+    opened = run(
+        [
+            "incident",
+            "open",
+            "--title",
+            "Laptop stolen",
+            "--kind",
+            "loss",
+            "--discovered",
+            "2026-11-01T09:00:00+09:00",
+            "--staff",
+            "po",
+            "--wrongful",
+        ],
+        tmp_path,
+        env,
+    )
+    assert opened.returncode == 0, opened.stderr
+    linked = run(
+        ["incident", "link", "1", "--staff", "po", "--address", "a@example.org"], tmp_path, env
+    )
+    assert "1 people linked; 1 affected in all" in linked.stdout
+    shown = json.loads(run(["incident", "show", "1"], tmp_path, env).stdout)
+    assert shown["must_report"] is True
+    assert shown["final_report_due"].startswith("2026-12-31")  # 60 days after discovery
+    assert "preliminary by 2026-11-04" in run(["incident", "list"], tmp_path, env).stdout
+    held = run(
+        ["hold", "add", "a@example.org", "--reason", "court order 12", "--staff", "po"],
+        tmp_path,
+        env,
+    )
+    assert held.returncode == 0, held.stderr
+    assert "court order 12" in run(["hold", "list"], tmp_path, env).stdout
+    assert run(["hold", "release", "1", "--staff", "po"], tmp_path, env).returncode == 0
+    assert "no active legal holds" in run(["hold", "list"], tmp_path, env).stdout
+    assert "intact" in run(["audit", "verify"], tmp_path, env).stdout
