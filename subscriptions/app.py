@@ -23,7 +23,7 @@ from subscriptions.db import make_engine
 from subscriptions.errors import BadToken
 from subscriptions.metrics import Metrics, metrics_router
 from subscriptions.models import StaffRole
-from subscriptions.routes import captured, health, processor, public, webhook
+from subscriptions.routes import captured, health, privacy, processor, public, webhook
 from subscriptions.runtime import build_runtime
 from subscriptions.settings import Settings
 
@@ -71,6 +71,7 @@ def create_app(
     app.include_router(public.api)
     app.include_router(webhook.router)
     app.include_router(processor.router)
+    app.include_router(privacy.router)
     app.include_router(
         marketing_router(
             require_roles(StaffRole.marketer),

@@ -9,6 +9,7 @@ import json
 
 import pytest
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -18,7 +19,8 @@ from subscriptions.audit import Actor
 from subscriptions.db import for_writing
 from subscriptions.errors import InvalidInput
 from subscriptions.exports import export_magazine
-from subscriptions.models import AuditEvent, AuditSubject
+from subscriptions.models import AuditEvent, AuditSubject, StaffRole
+from tests.mailer.test_api import token_for
 from tests.mailer.test_sending import seed
 
 OFFICER = Actor("staff:1 privacy@example.com", "192.0.2.7")
@@ -102,3 +104,29 @@ def test_audit_verify_names_the_first_bad_row(
         result = audit.verify(session)
     assert not result.ok
     assert problem in result.problem
+
+
+def test_only_the_privacy_officer_exports_through_the_api(app: FastAPI, engine: Engine) -> None:
+    _, people = seed(app, engine, 2)
+    url = "/api/v1/privacy/magazines/weekly/subscribers?fields=email,title"
+    with TestClient(app) as client:
+        for role in (StaffRole.marketer, StaffRole.viewer):
+            answer = client.get(url, headers=bearer(token_for(engine, role)))
+            assert answer.status_code == 403
+        assert client.get(url).status_code == 401
+        officer = bearer(token_for(engine, StaffRole.privacy_officer))
+        answer = client.get(url, headers=officer)
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/csv")
+        assert sorted(answer.text.splitlines()[1:]) == sorted(f"{p.email}," for p in people)
+        refused = client.get(url.replace("title", "secret"), headers=officer)
+        assert refused.status_code == 422
+        assert "secret cannot be exported" in refused.json()["detail"]
+    with Session(engine) as session:
+        [event] = session.exec(select(AuditEvent)).all()
+    assert event.actor.startswith("staff:")
+    assert event.subjects == 2
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
