@@ -87,6 +87,7 @@ class Delivery(SQLModel, table=True):
         UniqueConstraint("issue_id", "subscriber_id"),
         Index("ix_delivery_claim", "status", "next_attempt_at"),
         Index("ix_delivery_issue_status", "issue_id", "status"),
+        Index("ix_delivery_subscriber", "subscriber_id"),  # who holds a person's data, erasure
     )
 
     id: int | None = Field(default=None, primary_key=True)

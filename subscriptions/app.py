@@ -21,7 +21,7 @@ from subscriptions import schema
 from subscriptions.auth import require_roles
 from subscriptions.db import make_engine
 from subscriptions.errors import BadToken
-from subscriptions.metrics import Metrics, metrics_router
+from subscriptions.metrics import Metrics, MetricsMiddleware, metrics_router
 from subscriptions.models import StaffRole
 from subscriptions.routes import captured, health, privacy, processor, public, webhook
 from subscriptions.runtime import build_runtime
@@ -62,7 +62,7 @@ def create_app(
     app.state.runtime = runtime
     metrics = Metrics(runtime.engine)
     app.state.metrics = metrics
-    app.middleware("http")(metrics.middleware)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.include_router(metrics_router(metrics, token))
     app.add_exception_handler(BadToken, public.bad_link)

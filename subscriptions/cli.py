@@ -119,7 +119,13 @@ def serve(
             f"no SMTP relay set: capturing mail on 127.0.0.1:{runtime.capture.port}, "
             f"see http://{listen_host}:{listen_port}/_mail"
         )
-    uvicorn.run(web, host=listen_host, port=listen_port, log_config=None, log_level="info")
+    uvicorn.run(
+        web,
+        host=listen_host,
+        port=listen_port,
+        log_config=None,
+        log_level=settings.log_level.lower(),
+    )
 
 
 @app.command()

@@ -14,6 +14,7 @@ worker in the same process.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from sqlalchemy import Table, create_engine, event, text
@@ -40,9 +41,39 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _sqlite_begin(conn: Any) -> None:
-    mode = conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
-    conn.exec_driver_sql(f"BEGIN {mode}")
+class _WriterTurn:
+    """Writers of one process take turns on a fair lock before ``BEGIN IMMEDIATE``.
+
+    SQLite's own wait for its write lock is a busy loop that sleeps up to 100 ms between
+    tries, so many threads of one process contending for it lose most of their time asleep.
+    Queueing them here first leaves SQLite's wait to writers in other processes. A plain
+    lock, not a re-entrant one: a transaction may end in another thread than it began in (a
+    request's session is closed by its dependency); one that opens a second write transaction
+    while holding its turn fails after the busy timeout, as it would in SQLite."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def begin(self, conn: Any) -> None:
+        mode = conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
+        if mode == "IMMEDIATE":
+            if not self.lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+                raise StoreError("database is locked: no turn to write within the busy timeout")
+            conn.info[_HOLDS_TURN] = True
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                self.end(conn)
+                raise
+            return
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    def end(self, conn: Any) -> None:
+        if conn.info.pop(_HOLDS_TURN, False):
+            self.lock.release()
+
+
+_HOLDS_TURN = "mailmag_holds_writer_turn"
 
 
 def make_engine(url: URL | str, **kwargs: Any) -> Engine:
@@ -50,8 +81,11 @@ def make_engine(url: URL | str, **kwargs: Any) -> Engine:
     options = {} if "poolclass" in kwargs else _default_options(url)
     engine = create_engine(url, **(options | kwargs))
     if engine.dialect.name == "sqlite":
+        turn = _WriterTurn()
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", turn.begin)
+        event.listen(engine, "commit", turn.end)
+        event.listen(engine, "rollback", turn.end)
     return engine
 
 
