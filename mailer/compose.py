@@ -19,7 +19,7 @@ import binascii
 import html as html_lib
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formatdate
@@ -28,7 +28,7 @@ from typing import Any
 import css_inline
 import html2text
 from jinja2 import Environment
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from mailer.audience import Recipient
 from mailer.errors import HeaderInjection, NotCompliant
@@ -59,6 +59,30 @@ def _qp(text: str) -> bytes:
     """Quoted-printable UTF-8 with CRLF line ends (dot-stuffing is the transport's job)."""
     data = _CRLF.sub("\n", text).encode("utf-8")
     return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
+
+
+class _QPSlots:
+    """A ``SlotText`` whose fixed segments are quoted-printable encoded once. Per recipient
+    only the values are encoded, each between soft line breaks (``=`` CRLF), which decode to
+    nothing: the decoded text is exactly ``SlotText.fill``'s, at a fraction of the cost of
+    encoding 20 KB per message."""
+
+    def __init__(self, slots: SlotText) -> None:
+        self.keys = slots.keys
+        self.escapes = slots.escapes
+        self.segments = [_qp(segment) for segment in slots.segments]
+
+    def fill(self, values: Mapping[str, str]) -> bytes:
+        segments = self.segments
+        out = [segments[0]]
+        for index, key in enumerate(self.keys, start=1):
+            value = values.get(key, "")
+            if value:
+                out += (b"=\r\n", _qp(str(escape(value)) if self.escapes else value), b"=\r\n")
+            else:  # still break the line: each segment's lines are only short on their own
+                out.append(b"=\r\n")
+            out.append(segments[index])
+        return b"".join(out)
 
 
 SAMPLE_TOKEN = "sample"  # noqa: S105 (in links of previews and checks; names no delivery)
@@ -134,6 +158,8 @@ class PreparedIssue:
             else None
         )
         self._text_slots = self._prepare_text()
+        self._html_qp = _QPSlots(self._html_slots) if self._html_slots is not None else None
+        self._text_qp = _QPSlots(self._text_slots) if self._text_slots is not None else None
         self._common_headers = self._headers()
         self._boundary = f"=_mm_{secrets.token_hex(12)}"
         self.check_compliance()
@@ -225,9 +251,18 @@ class PreparedIssue:
             text = self._text_frame.fill(values | {"body": body})
         return subject.strip(), html, text
 
+    def _encoded(self, recipient: Recipient, token: str) -> tuple[str, bytes, bytes]:
+        """Subject, and the HTML and text parts quoted-printable encoded."""
+        if self._html_qp is None or self._text_qp is None or self._subject_slots is None:
+            subject, html, text = self.render(recipient, token)
+            return subject, _qp(html), _qp(text)
+        values = self.values(recipient, token)
+        subject = self._subject_slots.fill(values).strip()
+        return subject, self._html_qp.fill(values), self._text_qp.fill(values)
+
     def message(self, recipient: Recipient, token: str, message_id: str | None = None) -> bytes:
         """The complete message for one recipient, ready for SMTP DATA."""
-        subject, html, text = self.render(recipient, token)
+        subject, html, text = self._encoded(recipient, token)
         domain = self.sender.bounce_domain
         address = safe_header(recipient.address, "recipient address")
         unsubscribe = safe_header(self.links(token)[0], "unsubscribe URL")
@@ -249,12 +284,12 @@ class PreparedIssue:
                 boundary,
                 b'\r\nContent-Type: text/plain; charset="utf-8"\r\n'
                 b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-                _qp(text),
+                text,
                 b"\r\n--",
                 boundary,
                 b'\r\nContent-Type: text/html; charset="utf-8"\r\n'
                 b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-                _qp(html),
+                html,
                 b"\r\n--",
                 boundary,
                 b"--\r\n",

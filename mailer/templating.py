@@ -194,7 +194,7 @@ class SlotText:
         parts = _SLOT.split(text)
         self.segments = parts[0::2]
         self.keys = parts[1::2]
-        self._escape = escape_values
+        self.escapes = escape_values
 
     def insert(self, values: Mapping[str, str]) -> str:
         """Fill only the slots named in ``values`` (raw), keeping the others as slots."""
@@ -209,7 +209,7 @@ class SlotText:
         out = [segments[0]]
         for index, key in enumerate(self.keys, start=1):
             value = values.get(key, "")
-            out.append(str(escape(value)) if self._escape else value)
+            out.append(str(escape(value)) if self.escapes else value)
             out.append(segments[index])
         return "".join(out)
 

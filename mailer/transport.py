@@ -6,7 +6,7 @@ by type, never by string: a 4xx reply, a timeout or a dropped connection is ``de
 (try again later); a 5xx reply is ``failed`` (do not retry). One envelope carries one
 recipient, so an outcome always belongs to exactly one person.
 
-``SMTPTransport`` keeps a small pool of persistent aiosmtplib connections to one relay;
+``SMTPTransport`` keeps a small pool of persistent connections (``mailer.smtp``) to one relay;
 ``MemoryTransport`` records messages in a list for pure-logic tests.
 """
 
@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
-import aiosmtplib
+from mailer.smtp import SMTPConnection, SMTPProtocolError, SMTPReplyError
 
 
 class TLSMode(StrEnum):
@@ -85,82 +86,80 @@ class SMTPTransport:
     """A pool of persistent connections to one relay.
 
     A connection that fails in any way is discarded, never reused; the next send opens a
-    fresh one. aiosmtplib resets the session (RSET) after a refused recipient, so a refusal
-    does not poison the connection for the next envelope.
+    fresh one. A refused recipient or message resets the session (RSET), so a refusal does
+    not poison the connection for the next envelope; a 421 closes it.
     """
 
     def __init__(self, relay: SMTPRelay) -> None:
         self.relay = relay
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[SMTPConnection] = []
         self._slots = asyncio.Semaphore(relay.pool_size)
 
-    def _client(self) -> aiosmtplib.SMTP:
+    def _client(self) -> SMTPConnection:
         relay = self.relay
-        return aiosmtplib.SMTP(
-            hostname=relay.host,
+        return SMTPConnection(
+            host=relay.host,
             port=relay.port,
+            timeout=relay.timeout,
+            implicit_tls=relay.tls is TLSMode.tls,
+            starttls=relay.tls is TLSMode.starttls,
             username=relay.username,
             password=relay.password,
-            timeout=relay.timeout,
-            use_tls=relay.tls is TLSMode.tls,
-            start_tls=relay.tls is TLSMode.starttls,
-            local_hostname=relay.local_hostname,
+            local_hostname=relay.local_hostname or socket.gethostname(),
             tls_context=relay.tls_context,
         )
 
-    async def _checkout(self) -> aiosmtplib.SMTP:
+    async def _checkout(self) -> SMTPConnection:
         while self._idle:
             client = self._idle.pop()
             if client.is_connected:
                 return client
         client = self._client()
-        await client.connect()
+        try:
+            await client.connect()
+        except BaseException:
+            client.close()
+            raise
         return client
 
     async def send(self, envelope: Envelope) -> SendResult:
         async with self._slots:
-            client: aiosmtplib.SMTP | None = None
+            client: SMTPConnection | None = None
             try:
                 client = await self._checkout()
-                # An internationalised address needs SMTPUTF8 (RFC 6531).
-                utf8 = not (envelope.recipient.isascii() and envelope.sender.isascii())
-                _, reply = await client.sendmail(
-                    envelope.sender,
-                    [envelope.recipient],
-                    envelope.message,
-                    mail_options=["SMTPUTF8"] if utf8 else None,
-                )
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                refusal = exc.recipients[0]
-                self._checkin(client)
-                return _classify(refusal.code, refusal.message)
-            except aiosmtplib.SMTPResponseException as exc:
+            except SMTPReplyError as exc:  # the relay refused the session (AUTH, STARTTLS...):
+                # the operator's problem, not the recipient's: keep the mail and retry later.
+                return SendResult(Outcome.deferred, exc.code, f"relay session: {exc.message}")
+            except (SMTPProtocolError, OSError, TimeoutError, ssl.SSLError, EOFError) as exc:
+                return SendResult(Outcome.deferred, None, f"{type(exc).__name__}: {exc}")
+            try:
+                reply = await client.send(envelope.sender, envelope.recipient, envelope.message)
+            except SMTPReplyError as exc:
                 # 421 means the server is closing the channel: never reuse it.
                 if exc.code == 421:
-                    await self._discard(client)
+                    self._discard(client)
                 else:
                     self._checkin(client)
                 return _classify(exc.code, exc.message)
-            except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-                await self._discard(client)
+            except (SMTPProtocolError, OSError, TimeoutError, ssl.SSLError, EOFError) as exc:
+                self._discard(client)
                 return SendResult(Outcome.deferred, None, f"{type(exc).__name__}: {exc}")
             self._checkin(client)
-            return SendResult(Outcome.sent, 250, reply)
+            return SendResult(Outcome.sent, reply.code, reply.message)
 
-    def _checkin(self, client: aiosmtplib.SMTP | None) -> None:
+    def _checkin(self, client: SMTPConnection | None) -> None:
         if client is not None and client.is_connected:
             self._idle.append(client)
 
     @staticmethod
-    async def _discard(client: aiosmtplib.SMTP | None) -> None:
+    def _discard(client: SMTPConnection | None) -> None:
         if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
+            client.close()
 
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for client in idle:
-            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+            with contextlib.suppress(SMTPReplyError, SMTPProtocolError, OSError, TimeoutError):
                 await client.quit()
 
 

@@ -206,3 +206,23 @@ def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers() -> None:
         b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: nothing"
     )
     assert not dkim.verify(tampered, dnsfunc=dns)
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(max_size=120))
+def test_the_pre_encoded_parts_decode_to_exactly_the_rendered_text(name: str) -> None:
+    changes = {"html_body": "<p>Dear {{ subscriber.name }},</p>" + "<p>. dot line</p>" * 40}
+    prepared = PreparedIssue(content(**changes), SENDER, LAYOUT, lambda s: s)
+    recipient = Recipient(7, "reader@example.org", {"name": name})
+    try:
+        raw = prepared.message(recipient, "tok")
+    except HeaderInjection:
+        return
+    _, html, text = prepared.render(recipient, "tok")
+    message = parse(raw)
+    for subtype, expected in (("html", html), ("plain", text)):
+        part = message.get_body((subtype,))
+        assert isinstance(part, EmailMessage)
+        assert part.get_content().replace("\r\n", "\n") == expected.replace("\r\n", "\n")
+    body = raw.split(b"\r\n\r\n", 1)[1]
+    assert all(len(line) <= 76 for line in body.split(b"\r\n")), "RFC 2045: 76 at most"

@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from mailer.capture import LOOPBACK, free_port
 
@@ -36,6 +37,14 @@ class Received:
 class _Handler:
     def __init__(self, sink: SMTPSink) -> None:
         self.sink = sink
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd hook name)
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:  # aiosmtpd reads commands as they come: pipelining works
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
@@ -67,7 +76,8 @@ class _Handler:
 class SMTPSink:
     """aiosmtpd on a free loopback port; ``received`` holds every accepted message."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, pipelining: bool = False, password: str | None = None) -> None:
+        self.pipelining = pipelining
         self.port = free_port()
         self.host = LOOPBACK
         self.lock = threading.Lock()
@@ -75,7 +85,15 @@ class SMTPSink:
         self.rcpt_replies: dict[str, str] = {}
         self.data_script: deque[str] = deque()
         self.delay = 0.0  # seconds to wait before accepting each message
-        self._controller = Controller(_Handler(self), hostname=LOOPBACK, port=self.port)
+        auth: dict[str, Any] = {}
+        if password is not None:
+
+            def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
+                ok = getattr(data, "password", b"") == password.encode()
+                return AuthResult(success=ok, handled=False)
+
+            auth = {"authenticator": check, "auth_require_tls": False}
+        self._controller = Controller(_Handler(self), hostname=LOOPBACK, port=self.port, **auth)
 
     def start(self) -> None:
         self._controller.start()

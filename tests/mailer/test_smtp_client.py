@@ -1,0 +1,84 @@
+"""The lean SMTP client against a real SMTP server (aiosmtpd), with and without PIPELINING:
+dots stuffed, line ends made CRLF, refusals reset the session, AUTH works."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from mailer.smtp import SMTPConnection, SMTPReplyError
+from mailer.transport import Envelope, Outcome, SMTPRelay, SMTPTransport
+from tests.support.smtp import SMTPSink
+
+
+@pytest.fixture(params=[False, True], ids=["sequential", "pipelined"])
+def sink(request: pytest.FixtureRequest) -> Iterator[SMTPSink]:
+    server = SMTPSink(pipelining=request.param)
+    server.start()
+    yield server
+    server.stop()
+
+
+async def connected(sink: SMTPSink) -> SMTPConnection:
+    client = SMTPConnection(sink.host, sink.port, timeout=5, local_hostname="test")
+    await client.connect()
+    assert ("PIPELINING" in client.extensions) is sink.pipelining
+    return client
+
+
+async def test_dots_are_stuffed_and_line_ends_made_crlf(sink: SMTPSink) -> None:
+    client = await connected(sink)
+    body = b"Subject: x\r\n\r\n.starts with a dot\r\nline\n.\nbare\rend"
+    reply = await client.send("a@example.com", "b@example.org", body)
+    await client.quit()
+    assert reply.code == 250
+    [received] = sink.wait_for(1)
+    assert received.data == b"Subject: x\r\n\r\n.starts with a dot\r\nline\r\n.\r\nbare\r\nend\r\n"
+
+
+async def test_a_refusal_resets_the_session_and_the_next_transaction_goes(
+    sink: SMTPSink,
+) -> None:
+    sink.refuse("gone@example.org", "550 5.1.1 no such user")
+    sink.fail_data("552 5.3.4 too big")
+    client = await connected(sink)
+    with pytest.raises(SMTPReplyError) as refused:
+        await client.send("a@example.com", "gone@example.org", b"Subject: 1\r\n\r\nx\r\n")
+    assert refused.value.code == 550
+    with pytest.raises(SMTPReplyError) as too_big:
+        await client.send("a@example.com", "b@example.org", b"Subject: 2\r\n\r\nx\r\n")
+    assert too_big.value.code == 552
+    reply = await client.send("a@example.com", "c@example.org", b"Subject: 3\r\n\r\nx\r\n")
+    await client.quit()
+    assert reply.code == 250
+    assert [r.rcpt_tos for r in sink.wait_for(1)] == [("c@example.org",)]
+
+
+async def test_an_internationalised_address_uses_smtputf8(sink: SMTPSink) -> None:
+    client = await connected(sink)
+    await client.send("a@example.com", "山田@例え.jp", b"Subject: x\r\n\r\nx\r\n")
+    await client.quit()
+    assert sink.wait_for(1)[0].rcpt_tos == ("山田@例え.jp",)
+
+
+async def test_auth_plain_against_a_relay_that_requires_it() -> None:
+    relay = SMTPSink(password="right")
+    relay.start()
+    try:
+        good = SMTPTransport(
+            SMTPRelay(host=relay.host, port=relay.port, username="u", password="right")
+        )
+        bad = SMTPTransport(
+            SMTPRelay(host=relay.host, port=relay.port, username="u", password="wrong")
+        )
+        envelope = Envelope("a@example.com", "b@example.org", b"Subject: x\r\n\r\nx\r\n")
+        assert (await good.send(envelope)).outcome is Outcome.sent
+        refused = await bad.send(envelope)  # a wrong password is no fault of the recipient's
+        assert refused.outcome is Outcome.deferred
+        assert refused.code == 535
+        await good.close()
+        await bad.close()
+    finally:
+        relay.stop()
+    assert len(relay.received) == 1
