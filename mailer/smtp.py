@@ -179,15 +179,14 @@ class SMTPConnection:
 
     def _write_data(self, message: bytes) -> None:
         """The message with its dots stuffed and the end-of-data mark (RFC 5321 4.5.2)."""
-        if message.count(b"\n") != message.count(b"\r\n") or b"\r" in message.replace(
-            b"\r\n", b""
-        ):  # a bare LF or CR (not from our composer): make every line end CRLF
-            message = _BARE_LF.sub(b"\r\n", message)
+        crlf = message.count(b"\r\n")
+        if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+            message = _BARE_LF.sub(b"\r\n", message)  # a bare LF or CR: not our composer's
         body = message.replace(b"\r\n.", b"\r\n..")
         if body.startswith(b"."):
             body = b"." + body
-        ending = b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"
-        self._write(body + ending)
+        self._write(body)
+        self._write(b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n")
 
     async def _read_reply(self, *, lines: bool = False) -> Reply:
         if self._reader is None:
