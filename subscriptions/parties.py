@@ -13,46 +13,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, text
 from sqlmodel import Session, col, select
 
-from mailer.models import Delivery, DeliveryStatus
 from subscriptions.models import (
     ConsentChannel,
     ConsentPurpose,
     PartyNotice,
     Subscriber,
-    TransferRecord,
-    TransferSubject,
 )
 from subscriptions.transfers import record_transfer
 
-HANDED_OVER = (
-    DeliveryStatus.sending,
-    DeliveryStatus.sent,
-    DeliveryStatus.failed,
-    DeliveryStatus.deferred,
-)
 EVERYONE = (ConsentChannel.erasure, ConsentChannel.complaint)
 
 
+_HOLDERS = text(
+    """
+    SELECT DISTINCT d.processor, 'processor' FROM delivery d
+    WHERE d.subscriber_id = :subscriber AND d.processor IS NOT NULL
+      AND d.status IN ('sending', 'sent', 'failed', 'deferred')
+    UNION
+    SELECT DISTINCT r.party, 'joint_user' FROM transfer_subject s
+    JOIN transfer_record r ON r.id = s.transfer_id
+    WHERE s.subscriber_id = :subscriber AND r.party_kind = 'joint_user'
+    """
+)
+
+
 def holders(session: Session, subscriber_id: int) -> set[tuple[str, str]]:
-    """(party, kind) pairs that received this person's data."""
-    processors = session.exec(
-        select(Delivery.processor)
-        .where(Delivery.subscriber_id == subscriber_id)
-        .where(col(Delivery.processor).is_not(None))
-        .where(col(Delivery.status).in_(HANDED_OVER))
-        .distinct()
-    ).all()
-    joint_users = session.exec(
-        select(TransferRecord.party)
-        .join(TransferSubject, col(TransferSubject.transfer_id) == TransferRecord.id)
-        .where(TransferSubject.subscriber_id == subscriber_id)
-        .where(TransferRecord.party_kind == "joint_user")
-        .distinct()
-    ).all()
-    return {(p, "processor") for p in processors if p} | {(j, "joint_user") for j in joint_users}
+    """(party, kind) pairs that received this person's data: processors a message to them was
+    handed to (or is with), joint users that received them in an export. One query: it runs
+    on every withdrawal."""
+    rows = session.execute(_HOLDERS, {"subscriber": subscriber_id}).all()
+    return {(party, kind) for party, kind in rows if party}
 
 
 def notify(

@@ -144,6 +144,20 @@ class SelfService:
             session.add(subscriber)
         session.commit()
 
+    def has_live(self, session: Session, subscriber: Subscriber, scope: str) -> bool:
+        """Whether the person still has a pending or confirmed subscription in ``scope`` (a
+        magazine's slug, or every magazine when empty)."""
+        query = (
+            select(Subscription.id)
+            .where(Subscription.subscriber_id == subscriber.id)
+            .where(col(Subscription.status).in_(LIVE))
+        )
+        if scope:
+            query = query.join(Magazine, col(Magazine.id) == Subscription.magazine_id).where(
+                Magazine.slug == scope
+            )
+        return session.exec(query.limit(1)).first() is not None
+
     def unsubscribe(
         self, session: Session, subscriber: Subscriber, scope: str, evidence: Evidence
     ) -> int:

@@ -12,16 +12,13 @@ of spam must never reach the person whose address was entered.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP, SMTPUTF8
-from email.utils import format_datetime, make_msgid
+from email.utils import formatdate, make_msgid
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from sqlmodel import Session
 
-from mailer.clock import utcnow
+from mailer.compose import alternative_message, encode_header, mailbox, safe_header
 from subscriptions.i18n import gettext_for
 from subscriptions.models import SystemMail
 from subscriptions.paths import TEMPLATES_DIR
@@ -53,18 +50,16 @@ class SystemMailer:
         values = {"_": _, "lang": locale, "sender": self.sender, **context}
         text = self._env.get_template(f"mail/{kind}.txt").render(values)
         html = self._env.get_template(f"mail/{kind}.html").render(values)
-        message = EmailMessage()
-        local, _at, domain = self.sender.address.rpartition("@")
-        message["From"] = Address(self.sender.name, local, domain)
-        message["To"] = recipient
-        message["Subject"] = _(subject)
-        message["Date"] = format_datetime(utcnow())
-        message["Message-ID"] = make_msgid(domain=domain or None)
-        message["Auto-Submitted"] = "auto-generated"
-        message.set_content(text)
-        message.add_alternative(html, subtype="html")
-        policy = SMTP if recipient.isascii() else SMTPUTF8
-        return message.as_bytes(policy=policy)
+        domain = self.sender.address.rpartition("@")[2]
+        headers = [
+            ("From", mailbox(self.sender.name, self.sender.address)),
+            ("To", safe_header(recipient, "recipient")),
+            ("Subject", encode_header(_(subject), "subject")),
+            ("Date", formatdate(usegmt=True)),
+            ("Message-ID", make_msgid(domain=domain or None)),
+            ("Auto-Submitted", "auto-generated"),
+        ]
+        return alternative_message(headers, text, html)
 
     def queue(
         self,

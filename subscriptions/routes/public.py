@@ -17,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 from sqlmodel import Session, col, select
 
 from subscriptions.consent import Evidence
+from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep, SessionDep
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
@@ -526,24 +527,32 @@ def unsubscribe_submit(
     token: Token,
     request: Request,
     runtime: RuntimeDep,
-    session: SessionDep,
     lang: Lang = None,
     one_click: Annotated[str | None, Form(alias="List-Unsubscribe")] = None,
 ) -> Response:
-    """Unsubscribe at once: the page's button, or RFC 8058 one-click from a mail client."""
+    """Unsubscribe at once: the page's button, or RFC 8058 one-click from a mail client.
+
+    The token is checked and the subscription looked at in a read transaction; only when
+    something is still live does the request take the write lock, end it and commit, all
+    before the answer. A repeated click writes nothing."""
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
+    client = client_of(request)
+    channel = ConsentChannel.one_click if one_click == "One-Click" else ConsentChannel.link
     try:
-        subscriber, scope = runtime.optin.subscriber_for(session, Action.unsubscribe, token)
+        with Session(runtime.engine, expire_on_commit=False) as session:
+            subscriber, scope = runtime.optin.subscriber_for(session, Action.unsubscribe, token)
+            live = runtime.self_service.has_live(session, subscriber, scope)
+        if live:
+            with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
+                subscriber, scope = runtime.optin.subscriber_for(session, Action.unsubscribe, token)
+                runtime.self_service.unsubscribe(
+                    session, subscriber, scope, Evidence(channel, client.ip, client.user_agent)
+                )
     except BadToken as exc:
         if one_click is None:
             raise
         return Response(str(exc), status_code=400, media_type="text/plain")
-    client = client_of(request)
-    channel = ConsentChannel.one_click if one_click == "One-Click" else ConsentChannel.link
-    runtime.self_service.unsubscribe(
-        session, subscriber, scope, Evidence(channel, client.ip, client.user_agent)
-    )
     request.app.state.metrics.count("unsubscribe", channel.value)
     if one_click is not None:
         return Response("unsubscribed", media_type="text/plain")
