@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint typecheck unit lock clean messages
+.PHONY: install run test lint typecheck unit lock clean messages bench bench-postgresql soak
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,16 @@ messages: install
 	mkdir -p build
 	$(BIN)/pybabel extract -F babel.cfg -k _ -k N_ --no-location --omit-header -o build/messages.pot .
 	$(BIN)/pybabel update -i build/messages.pot -d subscriptions/locale --no-wrap --omit-header
+
+# The benchmark (installs smtp-sink, smtp-source and wrk from Debian when missing); results in
+# bench/results/. BENCH_ARGS="--full" for 1,000,000 subscribers.
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-postgresql: install
+	$(BIN)/python bench/run.py --db postgresql --out latest-postgresql $(BENCH_ARGS)
+
+# The reliability suite at full size (CI runs the quick sizes inside `make test`); figures in
+# bench/results/reliability-soak.json.
+soak: install
+	MAILMAG_SOAK=1 $(BIN)/pytest tests/reliability -p no:cacheprovider

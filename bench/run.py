@@ -472,6 +472,11 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=int, default=10)
     parser.add_argument("--out", default="latest")
     parser.add_argument("--only-load", action="store_true", help="skip the sending runs")
+    parser.add_argument(
+        "--only-send",
+        action="store_true",
+        help="only the interleaved wire and mailmag runs (no DKIM, workers or load)",
+    )
     options = parser.parse_args()
     count = 1_000_000 if options.full else options.subscribers
     ensure_tools()
@@ -509,6 +514,12 @@ def main() -> None:
             results["wire_median"] = statistics.median(wire)
             results["mailmag_median"] = statistics.median(r["rate"] for r in runs)
             results["ratio"] = round(results["mailmag_median"] / results["wire_median"], 3)
+            if options.only_send:
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                out = RESULTS / f"{options.out}.json"
+                out.write_text(json.dumps(results, indent=2) + "\n")
+                print(json.dumps(results, indent=2))
+                return
             key = Path(scratch) / "dkim.pem"
             make_key(key)
             with mailmag(base_env | {"MAILMAG_DKIM_PRIVATE_KEY_FILE": str(key)}) as running:

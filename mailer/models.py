@@ -85,8 +85,8 @@ class Delivery(SQLModel, table=True):
     __tablename__ = "delivery"
     __table_args__ = (
         UniqueConstraint("issue_id", "subscriber_id"),
-        Index("ix_delivery_claim", "status", "next_attempt_at"),
-        Index("ix_delivery_issue_status", "issue_id", "status"),
+        # Claims seek (issue, state, due time); progress counts use its (issue, state) prefix.
+        Index("ix_delivery_claim", "issue_id", "status", "next_attempt_at"),
         Index("ix_delivery_subscriber", "subscriber_id"),  # who holds a person's data, erasure
     )
 

@@ -24,19 +24,21 @@ from mailer.columns import UTCDateTime
 from mailer.models import Delivery, DeliveryStatus, Issue
 from mailer.transactions import for_writing
 
-_CLAIMABLE = """
-    SELECT d.id FROM delivery d JOIN issue i ON i.id = d.issue_id
-    WHERE i.status = 'sending'
-      AND ((d.status IN ('queued', 'deferred') AND d.next_attempt_at <= :now)
-           OR (d.status = 'sending' AND d.lease_until < :now))
-      AND {scope}
-    ORDER BY d.id
-    LIMIT :limit
-"""
+# Due rows of one sending issue, one state at a time: each is an equality seek on the claim
+# index (issue_id, status, next_attempt_at) that stops at the limit, so a claim costs the same
+# at the first row of a million as at the last (no scan past sent rows, no sort).
+_DUE = {
+    "queued": "d.status = 'queued' AND d.next_attempt_at <= :now",
+    "deferred": "d.status = 'deferred' AND d.next_attempt_at <= :now",
+    "expired": "d.status = 'sending' AND d.lease_until < :now",  # a crashed worker's rows
+}
+_SELECT_DUE = (
+    "SELECT d.id FROM delivery d WHERE d.issue_id = :issue AND {due} AND {scope} LIMIT :limit"
+)
 _CLAIM = """
     UPDATE delivery
     SET status = 'sending', lease_owner = :worker, lease_until = :until, fence = fence + 1
-    WHERE id IN ({claimable})
+    WHERE id IN :ids
     RETURNING id, issue_id, subscriber_id, fence, attempts, processor
 """
 # Which rows a claimer may take: a delivery worker those for our own relay and the processors
@@ -75,26 +77,44 @@ def claim(
     processors: Collection[str] = (),
     pulled: bool = False,
 ) -> list[Claim]:
-    """Claim up to ``limit`` due rows: for a sending worker (``pulled`` false) those sent by
-    our own relay or one of ``processors``; for a pulling processor only its own."""
+    """Claim up to ``limit`` due rows of sending issues: for a sending worker (``pulled``
+    false) those sent by our own relay or one of ``processors``; for a pulling processor only
+    its own. On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED`` as they are found,
+    so concurrent claimers take different rows; on SQLite the transaction holds the write
+    lock from its start."""
     now = utcnow()
-    claimable = _CLAIMABLE.format(scope=_PULLED if pulled else _PUSHED)
-    if engine.dialect.name == "postgresql":
-        claimable += " FOR UPDATE OF d SKIP LOCKED"
-    statement = text(_CLAIM.format(claimable=claimable)).bindparams(
-        bindparam("now", type_=UTCDateTime()),
-        bindparam("until", type_=UTCDateTime()),
-        bindparam("processors", expanding=True, type_=String()),
-    )
-    values = {
-        "worker": worker,
-        "until": now + lease,
-        "now": now,
-        "limit": limit,
-        "processors": list(processors),
-    }
+    scope = _PULLED if pulled else _PUSHED
+    lock = " FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else ""
+    found: list[int] = []
     with for_writing(engine).begin() as conn:
-        rows = conn.execute(statement, values).all()
+        sending = conn.execute(
+            text("SELECT id FROM issue WHERE status = 'sending' ORDER BY id")
+        ).scalars()
+        for issue_id in list(sending):
+            for due in _DUE.values():
+                statement = text(_SELECT_DUE.format(due=due, scope=scope) + lock).bindparams(
+                    bindparam("now", type_=UTCDateTime()),
+                    bindparam("processors", expanding=True, type_=String()),
+                )
+                values = {
+                    "issue": issue_id,
+                    "now": now,
+                    "limit": limit - len(found),
+                    "processors": list(processors),
+                }
+                found += conn.execute(statement, values).scalars()
+                if len(found) >= limit:
+                    break
+            if len(found) >= limit:
+                break
+        if not found:
+            return []
+        rows = conn.execute(
+            text(_CLAIM).bindparams(
+                bindparam("until", type_=UTCDateTime()), bindparam("ids", expanding=True)
+            ),
+            {"worker": worker, "until": now + lease, "ids": found},
+        ).all()
     claims = [
         Claim(r.id, r.issue_id, r.subscriber_id, r.fence, r.attempts, r.processor) for r in rows
     ]
