@@ -36,7 +36,8 @@ from mailer.signing import DKIMSigner
 from mailer.templating import SLOTTED_CONTEXT, IssueTemplate, SlotText, slot
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Line breaks and other controls, and lone surrogates (which no charset can encode).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _CRLF = re.compile(r"\r\n|\r")
 
 
@@ -50,14 +51,16 @@ def safe_header(value: str, what: str) -> str:
 def encode_header(value: str, what: str) -> str:
     """A header value, RFC 2047-encoded when it is not plain ASCII, folded with CRLF."""
     safe_header(value, what)
-    if value.isascii() and len(value) < 900:
+    # Text that looks like an encoded word is encoded itself, so a reader's decoder shows it
+    # as typed instead of decoding a line break someone smuggled into it.
+    if value.isascii() and len(value) < 900 and "=?" not in value:
         return value
     return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
 
 
 def _qp(text: str) -> bytes:
     """Quoted-printable UTF-8 with CRLF line ends (dot-stuffing is the transport's job)."""
-    data = _CRLF.sub("\n", text).encode("utf-8")
+    data = _CRLF.sub("\n", text).encode("utf-8", "replace")  # a lone surrogate becomes "?"
     return binascii.b2a_qp(data, istext=True).replace(b"\n", b"\r\n")
 
 

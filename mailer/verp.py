@@ -32,12 +32,16 @@ class DeliveryTokens:
         return base64.b32encode(sealed).decode("ascii").rstrip("=").lower()
 
     def read(self, token: str) -> int | None:
-        """The delivery id a genuine token names; None for anything else."""
+        """The delivery id a genuine token names; None for anything else. Letter case does not
+        matter (mail systems may fold the local part of a return path), but only the one
+        encoding of the sealed block is accepted: the spare bits of the last letter count."""
         if len(token) != TOKEN_LENGTH:
             return None
         try:
             sealed = base64.b32decode(token.upper() + "======")
         except (ValueError, TypeError):
+            return None
+        if base64.b32encode(sealed).decode("ascii").rstrip("=") != token.upper():
             return None
         decryptor = self._cipher.decryptor()
         block = decryptor.update(sealed) + decryptor.finalize()

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='SMTP passwords of processor routes, as JSON: {"<processor key>": "..."}.',
     )
+    signup_answer_ms: Annotated[int, Field(ge=0, le=2000)] = Field(
+        default=40,
+        description="Sign-up answers take at least this long, so their timing does not tell "
+        "whether an address is already known.",
+    )
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one JSON object per line; text: for a terminal."
     )

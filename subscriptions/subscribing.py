@@ -13,12 +13,13 @@ subscribed, here is your preferences link"), at most one per ``notify_interval_h
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -51,8 +52,22 @@ from subscriptions.registry import Registry
 from subscriptions.system_mail import SystemMailer
 from subscriptions.tokens import Action
 
-ProfileText = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
-Phone = Annotated[str, StringConstraints(strip_whitespace=True, max_length=40)]
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _printable(value: str) -> str:
+    """No control characters and no lone surrogates (which no database or mail can store)."""
+    if _UNPRINTABLE.search(value):
+        raise ValueError("contains control characters")
+    return value
+
+
+ProfileText = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_printable)
+]
+Phone = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=40), AfterValidator(_printable)
+]
 
 
 class SignUpRequest(BaseModel):

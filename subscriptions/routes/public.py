@@ -8,13 +8,16 @@ acts at once, with no cookie, session or CSRF token, as mail providers send it.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 
 from subscriptions.consent import Evidence
 from subscriptions.db import for_writing
@@ -166,9 +169,26 @@ def _validation_errors(exc: ValidationError) -> dict[str, str]:
     return errors
 
 
+async def _held(runtime: Runtime, started: float) -> None:
+    """Hold a sign-up answer to ``MAILMAG_SIGNUP_ANSWER_MS``: new, pending, confirmed and
+    unsubscribed addresses take different paths, and the time must not tell which."""
+    remaining = runtime.settings.signup_answer_ms / 1000 - (time.perf_counter() - started)
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+
+
 @router.post("/subscribe", response_class=HTMLResponse)
 async def subscribe_submit(
     request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    started = time.perf_counter()
+    answer = await _subscribe_submit(request, runtime, session, lang)
+    await _held(runtime, started)
+    return answer
+
+
+async def _subscribe_submit(
+    request: Request, runtime: Runtime, session: Session, lang: str | None
 ) -> Response:
     form = await request.form()
     locale = pick_locale(
@@ -185,7 +205,9 @@ async def subscribe_submit(
     keep = {k: v for k, v in raw.items() if k not in ("form_token", "notice_hash")}
     try:
         signup = SignUpRequest.model_validate(raw)
-        runtime.optin.sign_up(session, signup, client_of(request), ConsentChannel.web_form)
+        await run_in_threadpool(
+            runtime.optin.sign_up, session, signup, client_of(request), ConsentChannel.web_form
+        )
     except ValidationError as exc:
         return _form(
             runtime,
@@ -287,12 +309,19 @@ def api_form(
     status_code=status.HTTP_202_ACCEPTED,
     responses={400: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem}},
 )
-def api_subscribe(
-    signup: SignUpRequest, request: Request, runtime: RuntimeDep, session: SessionDep
-) -> Any:
-    """Sign up for magazines. The answer is the same whatever the address's state."""
+async def api_subscribe(signup: SignUpRequest, request: Request, runtime: RuntimeDep) -> Any:
+    """Sign up for magazines. The answer is the same whatever the address's state, and takes
+    the same time (``MAILMAG_SIGNUP_ANSWER_MS``)."""
+    started = time.perf_counter()
+    answer = await run_in_threadpool(_api_subscribe, signup, request, runtime)
+    await _held(runtime, started)
+    return answer
+
+
+def _api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtime) -> Any:
     try:
-        runtime.optin.sign_up(session, signup, client_of(request), ConsentChannel.api)
+        with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
+            runtime.optin.sign_up(session, signup, client_of(request), ConsentChannel.api)
     except InvalidInput as exc:
         return JSONResponse(Problem(detail=exc.message, field=exc.field).model_dump(), 422)
     except BadToken as exc:

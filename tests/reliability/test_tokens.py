@@ -56,9 +56,11 @@ def test_no_forged_or_mutated_token_is_accepted(app: FastAPI, engine: Engine) ->
     accepted = 0
     for n in range(total):
         action = list(genuine)[n % len(genuine)]
-        if n % 5 == 4:  # a fifth of the tries: delivery tokens
+        if n % 5 == 4:  # a fifth of the tries: delivery tokens, whose letter case is free
             forged = mutations(delivery, rng)
-            if runtime.delivery_tokens.read(forged) not in (None,):
+            if forged.lower() == delivery and not forged.islower():
+                forged = forged.lower() + "x"  # a case change names the same delivery
+            if runtime.delivery_tokens.read(forged) is not None:
                 accepted += 1
             continue
         forged = mutations(genuine[action], rng)
