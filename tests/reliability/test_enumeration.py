@@ -73,14 +73,14 @@ def test_sign_up_answers_do_not_tell_the_state_of_an_address(
     spread = max(medians.values()) - min(medians.values())
     distinct = len(set().union(*answers.values()))
     record(
-        "enumeration",
+        f"enumeration [{engine.dialect.name}]",
         "distinct sign-up answers over 4 states",
         distinct,
         "1",
         distinct == 1,
     )
     record(
-        "enumeration",
+        f"enumeration [{engine.dialect.name}]",
         "spread of median answer times (ms)",
         f"{spread:.2f} ({', '.join(f'{s} {m:.2f}' for s, m in medians.items())})",
         "< 5 ms",

@@ -79,8 +79,20 @@ def test_no_forged_or_mutated_token_is_accepted(app: FastAPI, engine: Engine) ->
                 crossed += 1
             except BadToken:
                 pass
-    record("forged tokens", "accepted", f"{accepted} of {total}", "0", accepted == 0)
-    record("forged tokens", "tokens working for another action", crossed, "0", crossed == 0)
+    record(
+        f"forged tokens [{engine.dialect.name}]",
+        "accepted",
+        f"{accepted} of {total}",
+        "0",
+        accepted == 0,
+    )
+    record(
+        f"forged tokens [{engine.dialect.name}]",
+        "tokens working for another action",
+        crossed,
+        "0",
+        crossed == 0,
+    )
     assert accepted == 0
     assert crossed == 0
 
@@ -108,7 +120,7 @@ def test_get_never_changes_state(app: FastAPI, engine: Engine) -> None:
                 assert client.get(path).status_code < 500
     after = state()
     record(
-        "GET is safe",
+        f"GET is safe [{engine.dialect.name}]",
         "state changes after GETs of every link",
         int(before != after),
         "0",
