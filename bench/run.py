@@ -53,7 +53,7 @@ from sqlmodel import Session, select
 from mailer.clock import utcnow
 from mailer.models import Issue
 from subscriptions.auth import issue_token
-from subscriptions.db import make_engine, table_of
+from subscriptions.db import make_engine, refresh_statistics, table_of
 from subscriptions.models import Magazine, StaffRole, StaffUserCreate, Subscriber, Subscription
 from subscriptions.runtime import build_runtime
 from subscriptions.settings import Settings
@@ -255,6 +255,7 @@ def seed(target: Store, count: int) -> tuple[int, str]:
                 ],
             )
             session.commit()
+        refresh_statistics(target.engine, "subscriber", "subscription")
         return magazine.id or 0, token
 
 

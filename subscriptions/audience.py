@@ -26,6 +26,7 @@ from mailer.errors import MailerError, NotCompliant
 from mailer.models import Issue
 from mailer.signing import DKIMSigner
 from mailer.transactions import for_writing
+from subscriptions.db import refresh_statistics
 from subscriptions.i18n import gettext_for
 from subscriptions.models import (
     ConsentAction,
@@ -81,11 +82,11 @@ _RECIPIENTS = """
     SELECT p.id, p.email, p.name, p.company, p.department, p.title
     FROM subscriber p
     JOIN subscription s ON s.subscriber_id = p.id
-    WHERE s.magazine_id = :magazine_id AND s.status = 'confirmed'
-      AND p.id IN :ids
+    WHERE s.subscriber_id IN :ids AND s.magazine_id = :magazine_id AND s.status = 'confirmed'
       AND NOT EXISTS (SELECT 1 FROM suppression x WHERE x.address_digest = p.address_digest)
 """
 _MERGE_FIELDS = ("name", "company", "department", "title", "email")
+BULK = 10_000  # an expansion this large refreshes the planner's statistics of the queue
 
 
 class StoreAudience:
@@ -127,6 +128,8 @@ class StoreAudience:
                         )
                     )
             session.commit()
+        if queued >= BULK:
+            refresh_statistics(self.engine, "delivery")
         return queued
 
     def recipients(self, audience: IssueAudience, subscriber_ids: Iterable[int]) -> list[Recipient]:

@@ -109,3 +109,15 @@ def check_connection(engine: Engine) -> None:
 def table_of(model: type[SQLModel]) -> Table:
     """The Core table of a table model, for bulk statements that skip the ORM's per-row work."""
     return SQLModel.metadata.tables[str(model.__tablename__)]
+
+
+def refresh_statistics(engine: Engine, *tables: str) -> None:
+    """After a bulk load on PostgreSQL, refresh the planner's statistics of ``tables`` at once
+    instead of waiting for autovacuum: with a table believed empty, the planner picks plans
+    that scan every row (a batch of recipients took 200 ms instead of 0.1). SQLite plans well
+    without statistics, so nothing is done there."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in tables:
+            conn.exec_driver_sql(f'ANALYZE "{table}"')

@@ -43,7 +43,7 @@ from mailer.clock import utcnow
 from subscriptions import audit, consent
 from subscriptions.addresses import normalise_address
 from subscriptions.audit import Actor
-from subscriptions.db import for_writing, table_of
+from subscriptions.db import for_writing, refresh_statistics, table_of
 from subscriptions.errors import InvalidInput
 from subscriptions.models import (
     ConsentAction,
@@ -176,6 +176,7 @@ class Importer:
                 ) from None
             except csv.Error as exc:
                 raise InvalidInput("file", f"after line {report.rows}: {exc}") from None
+        refresh_statistics(self.engine, "subscriber", "subscription", "consent_event")
         with Session(for_writing(self.engine)) as session:
             stored = session.get(ImportBatch, found.id)
             assert stored is not None
