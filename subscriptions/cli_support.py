@@ -42,6 +42,13 @@ def require_schema(engine: Engine) -> None:
         )
 
 
+def store_for(settings: Settings) -> Engine:
+    """The engine of a reachable database whose schema is current."""
+    engine = connect(settings)
+    require_schema(engine)
+    return engine
+
+
 def runtime_for(settings: Settings) -> Runtime:
     engine = connect(settings)
     require_schema(engine)

@@ -25,7 +25,15 @@ from mailer.clock import utcnow
 from subscriptions import audit, backup, incidents
 from subscriptions.addresses import normalise_address
 from subscriptions.audit import Actor
-from subscriptions.cli_support import connect, err, fail, out, require_schema, runtime_for
+from subscriptions.cli_support import (
+    connect,
+    err,
+    fail,
+    out,
+    require_schema,
+    runtime_for,
+    store_for,
+)
 from subscriptions.db import for_writing
 from subscriptions.errors import InvalidInput
 from subscriptions.exports import EXPORTABLE, export_magazine
@@ -77,8 +85,7 @@ def export_command(
 ) -> None:
     """Export a magazine's subscribers, only the fields named; recorded in the audit log."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     partial = output.with_name(output.name + ".partial")
     with Session(for_writing(engine)) as session:
         try:
@@ -104,8 +111,7 @@ def export_command(
 def audit_verify() -> None:
     """Walk the whole audit log and prove it intact, or name the first bad row (exit 1)."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(engine) as session:
         result = audit.verify(session)
     if result.ok:
@@ -121,8 +127,7 @@ def audit_export(
 ) -> None:
     """Print the audit log as JSON lines (one event per line)."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(engine) as session:
         rows = session.exec(
             select(AuditEvent)
@@ -140,8 +145,7 @@ def backup_command(
 ) -> None:
     """Back up the whole store while it runs (SQLite online backup, or pg_dump)."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(for_writing(engine)) as session:
         audit.record(session, shell_actor(staff), "backup", target=str(output))
         session.commit()
@@ -278,8 +282,7 @@ def hold_release(
 ) -> None:
     """Release a hold: the address's records follow the retention rules again."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(for_writing(engine)) as session:
         hold = session.get(LegalHold, hold_id)
         if hold is None or hold.released_at is not None:
@@ -301,8 +304,7 @@ def hold_release(
 def hold_list() -> None:
     """The active holds."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(engine) as session:
         holds = session.exec(
             select(LegalHold)
@@ -334,8 +336,7 @@ def incident_open(
 ) -> None:
     """Open an incident."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     when = discovered if discovered.tzinfo else discovered.replace(tzinfo=UTC)
     with Session(for_writing(engine)) as session:
         try:
@@ -398,8 +399,7 @@ def incident_show(
 ) -> None:
     """The incident, how many people it affects, whether and by when it must be reported."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(engine) as session:
         try:
             incident = incidents.get(session, incident_id)
@@ -414,8 +414,7 @@ def incident_show(
 def incident_list() -> None:
     """Open incidents first, with their report deadlines."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(engine) as session:
         rows = session.exec(
             select(Incident).order_by(col(Incident.closed_at).is_not(None), col(Incident.id))
@@ -445,8 +444,7 @@ def incident_mark(
 ) -> None:
     """Record a step: reported to the Commission, people notified, closed."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(for_writing(engine)) as session:
         try:
             incidents.mark(session, shell_actor(staff), incidents.get(session, incident_id), step)

@@ -10,25 +10,13 @@ from email.message import EmailMessage
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jinja2 import Environment, FileSystemLoader
 
 from mailer.audience import Recipient
-from mailer.compose import IssueContent, PreparedIssue, SenderProfile
+from mailer.compose import IssueContent, PreparedIssue
 from mailer.errors import MailerError
-from subscriptions.paths import TEMPLATES_DIR
+from tests.mailer.test_compose import LAYOUT, SENDER
 from tests.reliability.conftest import record, size
 
-LAYOUT = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True)
-SENDER = SenderProfile(
-    name="Sakura News",
-    address="news@example.co.jp",
-    operator="Sakura Example Media K.K.",
-    postal_address="1-2-3 Otemachi, Tokyo",
-    contact="privacy@example.co.jp",
-    bounce_domain="bounces.example.co.jp",
-    list_id_domain="lists.example.co.jp",
-    link_base="https://news.example.co.jp",
-)
 EXPECTED = {
     "From", "To", "Subject", "Date", "Message-ID", "MIME-Version", "Content-Type",
     "List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "Precedence", "Feedback-ID",
