@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, bindparam, func, text, update
+from sqlalchemy import String, TextClause, bindparam, func, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -45,6 +45,26 @@ _CLAIM = """
 # it has an SMTP route for; a processor pulling its work only its own.
 _PUSHED = "(d.processor IS NULL OR d.processor IN :processors)"
 _PULLED = "d.processor IN :processors"
+
+
+def _selects(scope: str, lock: str) -> tuple[TextClause, ...]:
+    return tuple(
+        text(_SELECT_DUE.format(due=due, scope=scope) + lock).bindparams(
+            bindparam("now", type_=UTCDateTime()),
+            bindparam("processors", expanding=True, type_=String()),
+        )
+        for due in _DUE.values()
+    )
+
+
+# Built once: (pulled, on PostgreSQL) -> the three due-row selects, in the order tried.
+_SELECTS = {
+    (pulled, postgres): _selects(
+        _PULLED if pulled else _PUSHED, " FOR UPDATE SKIP LOCKED" * postgres
+    )
+    for pulled in (False, True)
+    for postgres in (False, True)
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +103,14 @@ def claim(
     so concurrent claimers take different rows; on SQLite the transaction holds the write
     lock from its start."""
     now = utcnow()
-    scope = _PULLED if pulled else _PUSHED
-    lock = " FOR UPDATE SKIP LOCKED" if engine.dialect.name == "postgresql" else ""
+    statements = _SELECTS[(pulled, engine.dialect.name == "postgresql")]
     found: list[int] = []
     with for_writing(engine).begin() as conn:
         sending = conn.execute(
             text("SELECT id FROM issue WHERE status = 'sending' ORDER BY id")
         ).scalars()
         for issue_id in list(sending):
-            for due in _DUE.values():
-                statement = text(_SELECT_DUE.format(due=due, scope=scope) + lock).bindparams(
-                    bindparam("now", type_=UTCDateTime()),
-                    bindparam("processors", expanding=True, type_=String()),
-                )
+            for statement in statements:
                 values = {
                     "issue": issue_id,
                     "now": now,

@@ -39,9 +39,9 @@ from subscriptions.cli_support import (
     err,
     fail,
     out,
-    require_schema,
     runtime_for,
     start_logging,
+    store_for,
 )
 from subscriptions.db import for_writing
 from subscriptions.errors import (
@@ -100,8 +100,7 @@ def serve(
     settings = load_settings()
     start_logging(settings)
     settings.resolved_secret()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     web = create_app(settings, engine=engine)
     runtime = web.state.runtime
     try:
@@ -437,8 +436,7 @@ def admin_create(
         first = exc.errors()[0]
         fail(f"{first['loc'][0]}: {first['msg']}")
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(for_writing(engine)) as session:
         user = create_staff_user(session=session, data=data)
         session.commit()
@@ -453,8 +451,7 @@ def admin_token(
 ) -> None:
     """Create a personal API token for the JSON API; it is shown once, store it safely."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     with Session(for_writing(engine)) as session:
         user = session.exec(
             select(StaffUser).where(StaffUser.email == normalise_staff_email(email))
@@ -474,8 +471,7 @@ def consent_verify() -> None:
     Exit status 0 when intact, 1 when a row was altered, removed, inserted or reordered.
     """
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     hasher = AddressHasher(settings.resolved_secret())
     with Session(engine) as session:
         result = consent.verify(session, digest=hasher.digest)
@@ -492,8 +488,7 @@ def consent_evidence(
 ) -> None:
     """Print, as JSON, every ledger row about one address and the notice texts they cite."""
     settings = load_settings()
-    engine = connect(settings)
-    require_schema(engine)
+    engine = store_for(settings)
     hasher = AddressHasher(settings.resolved_secret())
     try:
         address = normalise_address(email)
