@@ -12,17 +12,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.api import MarketingServices, marketing_router
 from subscriptions import schema
-from subscriptions.auth import require_roles
+from subscriptions.access import LoginRequired, authorize, current_staff, login_redirect_target
 from subscriptions.db import make_engine
 from subscriptions.errors import BadToken
 from subscriptions.metrics import Metrics, MetricsMiddleware, metrics_router
-from subscriptions.models import StaffRole
 from subscriptions.routes import captured, health, privacy, processor, public, webhook
 from subscriptions.runtime import build_runtime
 from subscriptions.settings import Settings
@@ -58,6 +58,7 @@ def create_app(
         summary="E-mail magazines with provable consent.",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(authorize)],
     )
     app.state.runtime = runtime
     metrics = Metrics(runtime.engine)
@@ -66,6 +67,7 @@ def create_app(
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.include_router(metrics_router(metrics, token))
     app.add_exception_handler(BadToken, public.bad_link)
+    app.add_exception_handler(LoginRequired, _to_login)
     app.include_router(health.router)
     app.include_router(public.router)
     app.include_router(public.api)
@@ -74,7 +76,7 @@ def create_app(
     app.include_router(privacy.router)
     app.include_router(
         marketing_router(
-            require_roles(StaffRole.marketer),
+            current_staff,
             MarketingServices(
                 engine=runtime.engine,
                 audience=runtime.audience,
@@ -87,3 +89,8 @@ def create_app(
     if settings.captures_mail:
         app.include_router(captured.router)
     return app
+
+
+def _to_login(_request: Request, error: Exception) -> Response:
+    assert isinstance(error, LoginRequired)
+    return RedirectResponse(login_redirect_target(error.target), status_code=303)

@@ -1,28 +1,22 @@
 """Staff authentication for the JSON API: personal API tokens, sent as ``Bearer`` tokens.
 
 A token is ``mm_`` and 32 random URL-safe bytes; only its SHA-256 is stored, so a database
-leak reveals no usable token. Tokens can expire and be revoked at once. ``require_roles``
-makes a FastAPI dependency that lets through only active staff in the given roles.
+leak reveals no usable token. Tokens can expire and be revoked at once. Which roles may call
+which route is ``subscriptions.access``'s business.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated
 
-from fastapi import Depends, HTTPException, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session, select
 
 from mailer.clock import utcnow
-from subscriptions.deps import RuntimeDep
-from subscriptions.models import PartyCredential, StaffRole, StaffToken, StaffUser
+from subscriptions.models import PartyCredential, StaffToken, StaffUser
 
 TOKEN_PREFIX = "mm_"  # noqa: S105 (a prefix, not a secret)
-_bearer = HTTPBearer(auto_error=False, description="A staff API token (mailmag admin token).")
 
 
 def token_hash(token: str) -> str:
@@ -58,33 +52,6 @@ def staff_for_token(session: Session, token: str) -> StaffUser | None:
     if stored.revoked_at is not None or (stored.expires_at and stored.expires_at <= now):
         return None
     return user if user.active else None
-
-
-def require_roles(*roles: StaffRole) -> Callable[..., StaffUser]:
-    """A dependency admitting active staff with one of ``roles`` (admins always)."""
-    allowed = set(roles) | {StaffRole.admin}
-
-    def dependency(
-        runtime: RuntimeDep,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> StaffUser:
-        # A short read of its own: a request-long session would hold SQLite's write lock
-        # (non-GET requests take it at BEGIN) while the route's own work waits for it.
-        user = None
-        if credentials is not None:
-            with Session(runtime.engine, expire_on_commit=False) as session:
-                user = staff_for_token(session, credentials.credentials)
-        if user is None:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                "a valid staff API token is required",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        if user.role not in allowed:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "your role may not do this")
-        return user
-
-    return dependency
 
 
 # --- machine credentials of processors and joint users ------------------------------------------

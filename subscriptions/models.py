@@ -281,6 +281,36 @@ class StaffUser(StaffUserBase, table=True):
     password_hash: str = Field(max_length=200)
     active: bool = True
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    password_changed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    totp_secret: str | None = Field(
+        default=None, max_length=300, description="The TOTP seed, encrypted with the app secret."
+    )
+    totp_last_step: int | None = Field(default=None, description="No code is accepted twice.")
+
+
+class StaffSession(SQLModel, table=True):
+    """A browser login. The cookie holds a random token; only its SHA-256 is stored.
+
+    ``second_factor`` is false between the password and the TOTP code (or, for an admin
+    without TOTP, until it is enrolled): such a session reaches only the TOTP pages."""
+
+    __tablename__ = "staff_session"
+
+    id: int | None = Field(default=None, primary_key=True)
+    staff_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("staff_user.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    token_hash: str = Field(max_length=64, unique=True)
+    csrf_token: str = Field(max_length=64)
+    second_factor: bool = False
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    source: str = Field(default="", max_length=100)
+    user_agent: str = Field(default="", max_length=300)
 
 
 class StaffToken(SQLModel, table=True):
@@ -587,3 +617,59 @@ class IncidentSubject(SQLModel, table=True):
         sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL")),
     )
     subject_digest: str = Field(max_length=64)
+
+
+# --- Privacy requests ---------------------------------------------------------------------------
+
+
+class RequestKind(StrEnum):
+    disclosure = "disclosure"  # 開示
+    correction = "correction"  # 訂正
+    cessation = "cessation"  # 利用停止: stop using the data (all mail ends)
+    erasure = "erasure"  # 消去
+    stop_provision = "stop_provision"  # 第三者提供の停止: no more joint use
+    complaint = "complaint"  # 苦情
+    consultation = "consultation"  # 相談
+
+
+class RequestStatus(StrEnum):
+    awaiting_verification = "awaiting_verification"  # the mail loop is not closed yet
+    open = "open"
+    completed = "completed"
+    rejected = "rejected"
+
+
+class RequestChannel(StrEnum):
+    preferences = "preferences"  # from the person's preferences page (already verified)
+    contact_form = "contact_form"
+    phone = "phone"
+    letter = "letter"
+    email = "email"
+
+
+class PrivacyRequest(SQLModel, table=True):
+    """A request, complaint or consultation at the contact point, with its due date and
+    outcome. ``address`` is the address concerned; identity is proven by a mail loop to it."""
+
+    __tablename__ = "privacy_request"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: RequestKind = Field(sa_type=EnumText(RequestKind))
+    status: RequestStatus = Field(sa_type=EnumText(RequestStatus), index=True)
+    channel: RequestChannel = Field(sa_type=EnumText(RequestChannel))
+    address: str = Field(max_length=320)
+    subscriber_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("subscriber.id", ondelete="SET NULL")),
+    )
+    subject_digest: str = Field(max_length=64, index=True)
+    message: str = Field(default="", sa_type=Text)
+    correction: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    due_at: datetime = Field(sa_type=UTCDateTime)
+    reminded_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    outcome: str = Field(default="", sa_type=Text)
+    entered_by: str = Field(default="", max_length=200)
+    handled_by: str = Field(default="", max_length=200)

@@ -236,6 +236,18 @@ class Settings(BaseSettings):
         return self.sender_address.rpartition("@")[2] or "localhost"
 
     @property
+    def origin(self) -> str:
+        """The web origin of ``base_url`` (scheme, host, port), as browsers send it."""
+        url = self.base_url
+        default = {"http": 80, "https": 443}.get(url.scheme)
+        port = "" if url.port in (None, default) else f":{url.port}"
+        return f"{url.scheme}://{url.host}{port}"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.base_url.scheme == "https"
+
+    @property
     def captures_mail(self) -> bool:
         """True when no relay is set: outgoing mail goes to the local capture server."""
         return self.smtp_host is None

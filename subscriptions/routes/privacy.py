@@ -11,20 +11,19 @@ import tempfile
 from collections.abc import Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 
+from subscriptions.access import CurrentStaff
 from subscriptions.audit import Actor
-from subscriptions.auth import require_roles
 from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep
 from subscriptions.errors import InvalidInput
 from subscriptions.exports import export_magazine
-from subscriptions.models import StaffRole, StaffUser, SubscriptionStatus
+from subscriptions.models import StaffUser, SubscriptionStatus
 
 router = APIRouter(prefix="/api/v1/privacy", tags=["privacy"])
-Officer = Annotated[StaffUser, Depends(require_roles(StaffRole.privacy_officer))]
 MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 
 
@@ -38,7 +37,7 @@ def export_subscribers(
     slug: str,
     request: Request,
     runtime: RuntimeDep,
-    user: Officer,
+    user: CurrentStaff,
     fields: Annotated[str, Query(max_length=200, description="Comma-separated field names.")],
     fmt: Annotated[Literal["csv", "json"], Query(alias="format")] = "csv",
     statuses: Annotated[list[SubscriptionStatus] | None, Query(alias="status")] = None,

@@ -88,7 +88,9 @@ def test_the_api_needs_a_marketer_token(client: TestClient, engine: Engine) -> N
     bad = {"Authorization": "Bearer mm_not-a-real-token"}
     assert client.get("/api/v1/issues", headers=bad).status_code == 401
     viewer = {"Authorization": f"Bearer {token_for(engine, StaffRole.viewer)}"}
-    assert client.get("/api/v1/issues", headers=viewer).status_code == 403
+    assert client.get("/api/v1/issues", headers=viewer).status_code == 200  # aggregates
+    refused = client.post("/api/v1/issues", headers=viewer, json={"magazine_id": 1})
+    assert refused.status_code == 403
 
 
 def test_hostile_or_broken_templates_are_refused_on_save(

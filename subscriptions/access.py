@@ -1,0 +1,260 @@
+"""Who may call which route: one table, enforced for every request by one dependency.
+
+``TABLE`` maps ``"METHOD /path/template"`` to a ``Rule``. ``authorize`` (an app-wide
+dependency) looks the matched route up and refuses what the rule does not allow; a route
+missing from the table is refused to everyone (and ``tests/subscriptions/test_access.py``
+fails on it). Rules:
+
+- ``PUBLIC``: anyone (sign-up, health). ``LINK``: anyone holding a subscriber's link token in
+  the path; the route checks the token. ``PROCESSOR``, ``WEBHOOK``, ``METRICS``: a machine
+  credential, provider signature or scraper token that the route checks itself.
+- ``LOGIN``: the login pages. ``SECOND_FACTOR``: a session that passed the password but not
+  yet the TOTP code (or must still enrol one).
+- ``staff(roles)``: staff in one of ``roles``, with a personal API token (``Bearer mm_…``) or
+  a browser session cookie. Cookie requests that may change state must carry the session's
+  CSRF token (form field ``csrf`` or header ``X-CSRF-Token``) and, when the browser names
+  one, an ``Origin`` that is the app's own.
+
+Roles follow duties (segregation is deliberate): admins run accounts and registries but do
+not write issues or browse subscribers; marketers see aggregates, never a person; privacy
+officers see people and evidence; viewers read aggregates.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import quote
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlmodel import Session
+
+from subscriptions import staff as accounts
+from subscriptions.auth import staff_for_token
+from subscriptions.deps import READ_ONLY_METHODS, get_runtime
+from subscriptions.models import StaffRole, StaffSession, StaffUser
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kind: str
+    roles: frozenset[StaffRole] = frozenset()
+
+    def admits(self, role: StaffRole) -> bool:
+        return role in self.roles
+
+
+PUBLIC = Rule("public")
+LINK = Rule("link")
+PROCESSOR = Rule("processor")
+WEBHOOK = Rule("webhook")
+METRICS = Rule("metrics")
+LOGIN = Rule("login")
+SECOND_FACTOR = Rule("second_factor")
+
+
+def staff(*roles: StaffRole) -> Rule:
+    return Rule("staff", frozenset(roles))
+
+
+A, M, P, V = StaffRole.admin, StaffRole.marketer, StaffRole.privacy_officer, StaffRole.viewer
+ANY_STAFF = staff(A, M, P, V)
+AGGREGATES = staff(A, M, P, V)
+MARKETING = staff(M)
+MARKETING_READ = staff(M, V, A)
+PRIVACY = staff(P)
+REGISTRIES = staff(A, P)
+ACCOUNTS = staff(A)
+
+TABLE: dict[str, Rule] = {
+    # health and metrics
+    "GET /healthz": PUBLIC,
+    "GET /readyz": PUBLIC,
+    "GET /metrics": METRICS,
+    # the subscriber's pages and the public API
+    "GET /": PUBLIC,
+    "GET /subscribe": PUBLIC,
+    "POST /subscribe": PUBLIC,
+    "GET /contact": PUBLIC,
+    "POST /contact": PUBLIC,
+    "GET /api/v1/subscribe/form": PUBLIC,
+    "POST /api/v1/subscribe": PUBLIC,
+    "GET /confirm/{token}": LINK,
+    "POST /confirm/{token}": LINK,
+    "GET /preferences/{token}": LINK,
+    "POST /preferences/{token}": LINK,
+    "POST /preferences/{token}/export": LINK,
+    "POST /preferences/{token}/erase": LINK,
+    "POST /preferences/{token}/request": LINK,
+    "GET /erase/{token}": LINK,
+    "POST /erase/{token}": LINK,
+    "GET /u/{token}": LINK,
+    "POST /u/{token}": LINK,
+    "GET /verify/{token}": LINK,
+    "POST /verify/{token}": LINK,
+    "GET /disclosure/{token}": LINK,
+    # machines
+    "POST /api/v1/feedback/webhook": WEBHOOK,
+    "POST /processor/v1/batches": PROCESSOR,
+    "POST /processor/v1/outcomes": PROCESSOR,
+    "GET /processor/v1/opt-outs": PROCESSOR,
+    "POST /processor/v1/opt-outs/ack": PROCESSOR,
+    # the staff JSON API
+    "GET /api/v1/issues": MARKETING_READ,
+    "POST /api/v1/issues": MARKETING,
+    "GET /api/v1/issues/{issue_id}": MARKETING_READ,
+    "PATCH /api/v1/issues/{issue_id}": MARKETING,
+    "POST /api/v1/issues/{issue_id}/preview": MARKETING,
+    "POST /api/v1/issues/{issue_id}/test-send": MARKETING,
+    "POST /api/v1/issues/{issue_id}/schedule": MARKETING,
+    "POST /api/v1/issues/{issue_id}/unschedule": MARKETING,
+    "POST /api/v1/issues/{issue_id}/send-now": MARKETING,
+    "POST /api/v1/issues/{issue_id}/pause": MARKETING,
+    "POST /api/v1/issues/{issue_id}/resume": MARKETING,
+    "POST /api/v1/issues/{issue_id}/cancel": MARKETING,
+    "GET /api/v1/issues/{issue_id}/status": MARKETING_READ,
+    "GET /api/v1/privacy/magazines/{slug}/subscribers": PRIVACY,
+    # the admin web UI: logging in
+    "GET /admin/login": LOGIN,
+    "POST /admin/login": LOGIN,
+    "GET /admin/login/totp": SECOND_FACTOR,
+    "POST /admin/login/totp": SECOND_FACTOR,
+    "GET /admin/login/enrol": SECOND_FACTOR,
+    "POST /admin/login/enrol": SECOND_FACTOR,
+    "POST /admin/logout": ANY_STAFF,
+    # one's own account
+    "GET /admin/account": ANY_STAFF,
+    "POST /admin/account/password": ANY_STAFF,
+    "POST /admin/account/totp": ANY_STAFF,
+    "POST /admin/account/tokens": ANY_STAFF,
+    "POST /admin/account/tokens/{token_id}/revoke": ANY_STAFF,
+    "POST /admin/account/sessions/{session_id}/end": ANY_STAFF,
+    # aggregates
+    "GET /admin": AGGREGATES,
+    "GET /admin/progress": AGGREGATES,
+    "GET /admin/issues": MARKETING_READ,
+    "GET /admin/issues/{issue_id}/report": MARKETING_READ,
+    # the issue editor (the page; it acts through the JSON API above)
+    "GET /admin/issues/new": MARKETING,
+    "GET /admin/issues/{issue_id}": MARKETING,
+    # people and evidence
+    "GET /admin/subscribers": PRIVACY,
+    "GET /admin/subscribers/{subscriber_id}": PRIVACY,
+    "POST /admin/subscribers/{subscriber_id}/correct": PRIVACY,
+    "GET /admin/requests": PRIVACY,
+    "POST /admin/requests": PRIVACY,
+    "GET /admin/requests/{request_id}": PRIVACY,
+    "POST /admin/requests/{request_id}/complete": PRIVACY,
+    "POST /admin/requests/{request_id}/reject": PRIVACY,
+    "POST /admin/requests/{request_id}/resend": PRIVACY,
+    "GET /admin/audit": PRIVACY,
+    "GET /admin/audit/export": PRIVACY,
+    # registries
+    "GET /admin/registries": REGISTRIES,
+    "GET /admin/notices/{magazine}": REGISTRIES,
+    # accounts
+    "GET /admin/staff": ACCOUNTS,
+    "POST /admin/staff": ACCOUNTS,
+    "POST /admin/staff/{staff_id}": ACCOUNTS,
+    # captured mail (only mounted in development)
+    "GET /_mail": PUBLIC,
+    "GET /_mail/{mail_id}": PUBLIC,
+    "GET /_mail/{mail_id}/raw": PUBLIC,
+}
+
+
+def rule_for(method: str, path: str) -> Rule | None:
+    return TABLE.get(f"{'GET' if method == 'HEAD' else method} {path}")
+
+
+@dataclass(frozen=True, slots=True)
+class StaffContext:
+    user: StaffUser
+    session: StaffSession | None  # None when the request carries an API token
+
+
+class LoginRequired(Exception):
+    """An admin page was asked for without a session: the browser goes to the login page."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
+def _identify(request: Request, second_factor: bool) -> StaffContext | None:
+    """The staff member behind the request's API token or session cookie."""
+    engine = get_runtime(request).engine
+    header = request.headers.get("authorization", "")
+    scheme, _, credential = header.partition(" ")
+    with Session(engine, expire_on_commit=False) as session:
+        if scheme.lower() == "bearer" and credential:
+            user = staff_for_token(session, credential.strip())
+            return None if user is None else StaffContext(user, None)
+        cookie = request.cookies.get(accounts.SESSION_COOKIE)
+        if not cookie:
+            return None
+        found = accounts.live_session(session, cookie)
+    if found is None or found[0].second_factor != second_factor:
+        return None
+    return StaffContext(found[1], found[0])
+
+
+async def _check_csrf(request: Request, expected: str) -> None:
+    origin = request.headers.get("origin")
+    if origin is not None and origin != get_runtime(request).settings.origin:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "cross-origin requests are refused")
+    given = request.headers.get("x-csrf-token", "")
+    content_type = request.headers.get("content-type", "")
+    if not given and content_type.startswith(
+        ("application/x-www-form-urlencoded", "multipart/form-data")
+    ):
+        value = (await request.form()).get("csrf")
+        given = value if isinstance(value, str) else ""
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "the form's CSRF token is missing or wrong")
+
+
+async def authorize(request: Request) -> None:
+    """The app-wide dependency: apply the route's rule from ``TABLE``."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    rule = rule_for(request.method, path) if isinstance(path, str) else None
+    if rule is None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this route is not in the access table")
+    if rule.kind not in ("staff", "second_factor"):
+        return
+    context = _identify(request, second_factor=rule.kind == "second_factor")
+    if context is None:
+        if path is not None and path.startswith("/admin") and request.method in READ_ONLY_METHODS:
+            target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+            raise LoginRequired(target)
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a valid staff API token or login session is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if rule.kind == "staff" and not rule.admits(context.user.role):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "your role may not do this")
+    if context.session is not None and request.method not in READ_ONLY_METHODS:
+        await _check_csrf(request, context.session.csrf_token)
+    request.state.staff = context
+
+
+def login_redirect_target(target: str) -> str:
+    return f"/admin/login?next={quote(target, safe='')}"
+
+
+def current_context(request: Request) -> StaffContext:
+    context: StaffContext | None = getattr(request.state, "staff", None)
+    if context is None:  # a route whose rule is not a staff rule asked for staff
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "not logged in")
+    return context
+
+
+def current_staff(request: Request) -> StaffUser:
+    return current_context(request).user
+
+
+CurrentStaff = Annotated[StaffUser, Depends(current_staff)]
+CurrentContext = Annotated[StaffContext, Depends(current_context)]
