@@ -188,17 +188,26 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             session.commit()
             return _public(issue, fields)
 
-    @router.post("/{issue_id}/preview")
-    def preview(issue_id: int, sample: SampleFields | None = None) -> Preview:
-        """The message as a sample subscriber would see it."""
-        with Session(engine) as session:
-            issue = load(session, issue_id)
+    def rendered(issue: Issue, sample: SampleFields | None) -> Preview:
         try:
             prepared, _audience = services.preparer.prepare(issue)
             subject, html, text = prepared.render(_sample(sample or SampleFields()), "preview")
         except MailerError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         return Preview(subject=subject, html=html, text=text)
+
+    @router.post("/preview")
+    def preview_draft(data: IssueCreate) -> Preview:
+        """An unsaved draft as a sample subscriber would see it (the editor's live preview);
+        422 names what the save would refuse."""
+        return rendered(Issue.model_validate(data.model_dump()), None)
+
+    @router.post("/{issue_id}/preview")
+    def preview(issue_id: int, sample: SampleFields | None = None) -> Preview:
+        """The message as a sample subscriber would see it."""
+        with Session(engine) as session:
+            issue = load(session, issue_id)
+        return rendered(issue, sample)
 
     @router.post("/{issue_id}/test-send")
     async def test_send(issue_id: int, data: TestSend) -> TestSendResult:

@@ -105,6 +105,7 @@ TABLE: dict[str, Rule] = {
     "POST /api/v1/issues": MARKETING,
     "GET /api/v1/issues/{issue_id}": MARKETING_READ,
     "PATCH /api/v1/issues/{issue_id}": MARKETING,
+    "POST /api/v1/issues/preview": MARKETING,
     "POST /api/v1/issues/{issue_id}/preview": MARKETING,
     "POST /api/v1/issues/{issue_id}/test-send": MARKETING,
     "POST /api/v1/issues/{issue_id}/schedule": MARKETING,
@@ -152,11 +153,12 @@ TABLE: dict[str, Rule] = {
     "GET /admin/audit/export": PRIVACY,
     # registries
     "GET /admin/registries": REGISTRIES,
-    "GET /admin/notices/{magazine}": REGISTRIES,
+    "GET /admin/notices": REGISTRIES,
     # accounts
     "GET /admin/staff": ACCOUNTS,
     "POST /admin/staff": ACCOUNTS,
     "POST /admin/staff/{staff_id}": ACCOUNTS,
+    "GET /admin/static/{name}": PUBLIC,
     # captured mail (only mounted in development)
     "GET /_mail": PUBLIC,
     "GET /_mail/{mail_id}": PUBLIC,
@@ -182,8 +184,9 @@ class LoginRequired(Exception):
         self.target = target
 
 
-def _identify(request: Request, second_factor: bool) -> StaffContext | None:
-    """The staff member behind the request's API token or session cookie."""
+def _identify(request: Request, complete: bool) -> StaffContext | None:
+    """The staff member behind the request's API token or session cookie; ``complete``
+    asks for a session past its second factor, else for one half-way through login."""
     engine = get_runtime(request).engine
     header = request.headers.get("authorization", "")
     scheme, _, credential = header.partition(" ")
@@ -195,7 +198,7 @@ def _identify(request: Request, second_factor: bool) -> StaffContext | None:
         if not cookie:
             return None
         found = accounts.live_session(session, cookie)
-    if found is None or found[0].second_factor != second_factor:
+    if found is None or found[0].second_factor != complete:
         return None
     return StaffContext(found[1], found[0])
 
@@ -224,7 +227,7 @@ async def authorize(request: Request) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this route is not in the access table")
     if rule.kind not in ("staff", "second_factor"):
         return
-    context = _identify(request, second_factor=rule.kind == "second_factor")
+    context = _identify(request, complete=rule.kind == "staff")
     if context is None:
         if path is not None and path.startswith("/admin") and request.method in READ_ONLY_METHODS:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -23,7 +23,16 @@ from subscriptions.access import LoginRequired, authorize, current_staff, login_
 from subscriptions.db import make_engine
 from subscriptions.errors import BadToken
 from subscriptions.metrics import Metrics, MetricsMiddleware, metrics_router
-from subscriptions.routes import captured, health, privacy, processor, public, webhook
+from subscriptions.routes import (
+    admin,
+    admin_auth,
+    captured,
+    health,
+    privacy,
+    processor,
+    public,
+    webhook,
+)
 from subscriptions.runtime import build_runtime
 from subscriptions.settings import Settings
 
@@ -74,6 +83,8 @@ def create_app(
     app.include_router(webhook.router)
     app.include_router(processor.router)
     app.include_router(privacy.router)
+    app.include_router(admin_auth.router)
+    app.include_router(admin.router)
     app.include_router(
         marketing_router(
             current_staff,

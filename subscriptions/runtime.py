@@ -39,6 +39,7 @@ from subscriptions.paths import TEMPLATES_DIR
 from subscriptions.registry import Registry, load_registry
 from subscriptions.self_service import SelfService
 from subscriptions.settings import Settings
+from subscriptions.staff import SecretBox
 from subscriptions.subscribing import OptIn, OptInPolicy
 from subscriptions.system_mail import Sender, SystemMailer
 from subscriptions.tokens import LinkSigner
@@ -67,6 +68,10 @@ class Runtime:
     worker: DeliveryWorker | None = None
     scheduler: Scheduler | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def secret_box(self) -> SecretBox:
+        """Seals staff TOTP seeds with a key derived from the app secret."""
+        return SecretBox(self.settings.resolved_secret())
 
     @property
     def captured_mail_dir(self) -> Path:

@@ -1,0 +1,81 @@
+"""What every admin page shares: rendering with the staff member, CSRF token and menu, the
+security headers, and the audit actor of a request.
+
+Admin pages run no inline script: their Content-Security-Policy allows scripts from the app
+itself only (``/admin/static/admin.js``), so a stored payload that slipped past escaping still
+could not run. Issue previews are shown in sandboxed frames without scripts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request, Response
+
+from subscriptions.access import StaffContext, rule_for
+from subscriptions.audit import Actor
+from subscriptions.deps import get_runtime
+from subscriptions.models import StaffUser
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+# The menu; an entry shows when the access table lets the role open it.
+MENU = (
+    ("/admin", "Dashboard"),
+    ("/admin/issues", "Issues"),
+    ("/admin/subscribers", "Subscribers"),
+    ("/admin/requests", "Requests"),
+    ("/admin/registries", "Registries"),
+    ("/admin/audit", "Audit log"),
+    ("/admin/staff", "Staff"),
+    ("/admin/account", "Account"),
+)
+
+
+def menu_for(user: StaffUser) -> list[tuple[str, str]]:
+    return [
+        (path, label)
+        for path, label in MENU
+        if (rule := rule_for("GET", path)) is not None
+        and (rule.kind != "staff" or rule.admits(user.role))
+    ]
+
+
+def secure(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+def render(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    *,
+    staff: StaffContext | None = None,
+    status_code: int = 200,
+) -> Response:
+    """An admin page; with ``staff``, the menu and the session's CSRF token for its forms."""
+    values: dict[str, Any] = {"me": None, "csrf": "", "menu": [], **context}
+    if staff is not None:
+        values["me"] = staff.user
+        values["menu"] = menu_for(staff.user)
+        values["csrf"] = staff.session.csrf_token if staff.session is not None else ""
+    response = get_runtime(request).templates.TemplateResponse(
+        request, name, values, status_code=status_code
+    )
+    return secure(response)
+
+
+def source_of(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def actor_of(user: StaffUser, request: Request) -> Actor:
+    return Actor(f"staff:{user.id} {user.email}", source_of(request))
