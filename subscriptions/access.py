@@ -94,6 +94,7 @@ TABLE: dict[str, Rule] = {
     "GET /verify/{token}": LINK,
     "POST /verify/{token}": LINK,
     "GET /disclosure/{token}": LINK,
+    "POST /disclosure/{token}": LINK,
     # machines
     "POST /api/v1/feedback/webhook": WEBHOOK,
     "POST /processor/v1/batches": PROCESSOR,

@@ -26,7 +26,9 @@ from subscriptions.metrics import Metrics, MetricsMiddleware, metrics_router
 from subscriptions.routes import (
     admin,
     admin_auth,
+    admin_privacy,
     captured,
+    contact,
     health,
     privacy,
     processor,
@@ -85,6 +87,8 @@ def create_app(
     app.include_router(privacy.router)
     app.include_router(admin_auth.router)
     app.include_router(admin.router)
+    app.include_router(admin_privacy.router)
+    app.include_router(contact.router)
     app.include_router(
         marketing_router(
             current_staff,

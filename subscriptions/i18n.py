@@ -47,6 +47,13 @@ CONSENT_LABELS = {
     "erasure": N_("Deletion of your data"),
     "expiry": N_("Not confirmed in time"),
     "bounce": N_("Mail to your address bounced"),
+    "request_disclosure": N_("Tell me what data you hold about me"),
+    "request_correction": N_("Correct my data"),
+    "request_cessation": N_("Stop using my data"),
+    "request_erasure": N_("Delete my data"),
+    "request_stop_provision": N_("Stop sharing my data with the group companies"),
+    "request_complaint": N_("A complaint"),
+    "request_consultation": N_("A question"),
 }
 
 

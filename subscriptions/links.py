@@ -26,6 +26,9 @@ class LinkPolicy:
     form_seconds: int
 
 
+VERIFY_SECONDS = 7 * 86400  # a privacy request's verification link
+DISCLOSURE_SECONDS = 14 * 86400  # the link to a disclosure bundle
+
 PATHS = {
     Action.confirm: "/confirm/",
     Action.unsubscribe: "/u/",
@@ -44,6 +47,8 @@ class Links:
             Action.preferences: policy.preferences_seconds,
             Action.erase: policy.erase_seconds,
             Action.form: policy.form_seconds,
+            Action.verify: VERIFY_SECONDS,
+            Action.disclosure: DISCLOSURE_SECONDS,
         }
 
     def token(self, action: Action, subscriber: Subscriber, scope: str = "") -> str:

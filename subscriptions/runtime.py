@@ -36,6 +36,7 @@ from subscriptions.models import Magazine
 from subscriptions.notice import NoticeBook
 from subscriptions.outbox import OutboxSender
 from subscriptions.paths import TEMPLATES_DIR
+from subscriptions.privacy_requests import Desk
 from subscriptions.registry import Registry, load_registry
 from subscriptions.self_service import SelfService
 from subscriptions.settings import Settings
@@ -55,6 +56,7 @@ class Runtime:
     registry: Registry
     optin: OptIn
     self_service: SelfService
+    desk: Desk
     links: Links
     mailer: SystemMailer
     audience: StoreAudience
@@ -169,6 +171,10 @@ class Runtime:
             timedelta(days=self.settings.transfer_retention_days),
             timedelta(days=self.settings.consent_retention_days),
         )
+        with Session(for_writing(self.engine)) as session:
+            if self.desk.remind(session):
+                session.commit()
+                self.wake_outbox()
 
     async def start_loops(self, *, delivery: bool = True) -> None:
         """Start the loops of the process: the system-mail outbox always; with ``delivery``
@@ -277,12 +283,14 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
         ),
     )
     domain = settings.bounce_domain or settings.sender_domain
+    self_service = SelfService(lifecycle=lifecycle, hasher=hasher)
     return Runtime(
         settings=settings,
         engine=engine,
         registry=registry,
         optin=optin,
-        self_service=SelfService(lifecycle=lifecycle, hasher=hasher),
+        self_service=self_service,
+        desk=Desk(hasher, links, mailer, self_service, settings.privacy_request_days),
         links=links,
         mailer=mailer,
         audience=StoreAudience(engine, registry),

@@ -35,6 +35,7 @@ from subscriptions.models import (
     localised,
 )
 from subscriptions.suppression import suppress
+from subscriptions.transfers import transfers_of
 
 PROFILE = ("name", "company", "department", "title", "phone")
 LIVE_CONSENT = (ConsentAction.granted, ConsentAction.confirmed)
@@ -213,9 +214,12 @@ class SelfService:
                 }
                 for delivery, issue in deliveries
             ],
+            "transfers": transfers_of(session, subscriber),
         }
 
-    def erase(self, session: Session, subscriber: Subscriber, evidence: Evidence) -> None:
+    def erase(
+        self, session: Session, subscriber: Subscriber, evidence: Evidence, *, commit: bool = True
+    ) -> None:
         """Erase the person, keeping only what proves consent and prevents re-mailing."""
         assert subscriber.id is not None
         erasure = Evidence(ConsentChannel.erasure, evidence.ip, evidence.user_agent)
@@ -232,4 +236,5 @@ class SelfService:
         consent.erase_personal_fields(session, subscriber_id=subscriber.id)
         session.execute(delete(SystemMail).where(col(SystemMail.recipient) == subscriber.email))
         session.delete(subscriber)
-        session.commit()
+        if commit:
+            session.commit()

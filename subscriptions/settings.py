@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     transfer_retention_days: Annotated[int, Field(ge=1)] = Field(
         default=3 * 365 + 1, description="Transfer records are purged after this."
     )
+    privacy_request_days: Annotated[int, Field(ge=1, le=60)] = Field(
+        default=14, description="A privacy request is due this many days after it arrived."
+    )
     consent_retention_days: Annotated[int, Field(ge=31)] = Field(
         default=3 * 365 + 1,
         description="Consent rows of people whose consent ended are purged after this (never "

@@ -26,6 +26,8 @@ class Action(StrEnum):
     preferences = "preferences"
     erase = "erase"
     form = "form"  # the sign-up form's single-use token
+    verify = "verify"  # proves a privacy request came from the address it names
+    disclosure = "disclosure"  # opens the person's disclosure bundle
 
 
 def new_token_key() -> str:

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
-from subscriptions.models import TransferRecord, TransferSubject
+from mailer.models import Delivery
+from subscriptions.models import Subscriber, TransferRecord, TransferSubject
 
 Subject = tuple[int | None, str]  # (subscriber id, address digest): enough to find them later
 
@@ -44,3 +46,34 @@ def record_transfer(
             )
         )
     return record
+
+
+def transfers_of(session: Session, subscriber: Subscriber) -> list[dict[str, Any]]:
+    """Who received this person's data: joint-use exports naming them, and the processors
+    that sent them issues."""
+    named = session.exec(
+        select(TransferRecord)
+        .join(TransferSubject, col(TransferSubject.transfer_id) == TransferRecord.id)
+        .where(TransferSubject.subject_digest == subscriber.address_digest)
+    ).all()
+    sent = session.exec(
+        select(TransferRecord)
+        .join(Delivery, col(Delivery.issue_id) == TransferRecord.issue_id)
+        .where(
+            Delivery.subscriber_id == subscriber.id,
+            col(Delivery.processor).is_not(None),
+            col(TransferRecord.party) == Delivery.processor,
+        )
+    ).all()
+    seen: dict[int, TransferRecord] = {r.id or 0: r for r in [*named, *sent]}
+    return [
+        {
+            "party": r.party,
+            "party_kind": r.party_kind,
+            "fields": r.fields.split(",") if r.fields else [],
+            "purpose": r.purpose,
+            "legal_basis": r.legal_basis,
+            "at": r.created_at.isoformat(),
+        }
+        for _id, r in sorted(seen.items())
+    ]

@@ -1,0 +1,336 @@
+"""Requests, complaints and consultations at the contact point (APPI Art. 33-35, 40).
+
+A request names the address it concerns. It arrives from the person's preferences page (the
+signed link already proves the mailbox, so it is verified at once), from the public contact
+form, or is entered by staff after a phone call or letter; in the last two cases a mail to the
+address must come back (``/verify/<token>``) before anyone acts on it. Each request is due
+``due_days`` after it arrived (14 by default); privacy officers get one reminder mail a day
+while any request is due within ``REMIND_BEFORE`` or late.
+
+Completing a request performs it, in the same transaction as its outcome and audit entry:
+a disclosure mails the person a link to their bundle (profile, subscriptions, consent
+ledger, deliveries, transfer records), a correction changes the fields asked for, cessation
+of use ends every subscription and suppresses the address, erasure erases, and cessation of
+provision withdraws joint use and foreign transfer (the joint users are told through the
+opt-out hand-over). The person is told the outcome by mail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import or_
+from sqlmodel import Session, col, select
+
+from mailer.clock import utcnow
+from subscriptions import audit
+from subscriptions.addresses import AddressHasher, normalise_address
+from subscriptions.audit import Actor
+from subscriptions.consent import Evidence
+from subscriptions.errors import InvalidInput
+from subscriptions.links import Links
+from subscriptions.models import (
+    ConsentChannel,
+    ConsentPurpose,
+    PrivacyRequest,
+    RequestChannel,
+    RequestKind,
+    RequestStatus,
+    StaffRole,
+    StaffUser,
+    Subscriber,
+    SuppressionReason,
+)
+from subscriptions.self_service import SelfService
+from subscriptions.suppression import suppress_subscriber
+from subscriptions.system_mail import SystemMailer
+from subscriptions.tokens import Action
+
+REMIND_BEFORE = timedelta(days=3)
+REMIND_EVERY = timedelta(days=1)
+CORRECTABLE = ("name", "company", "department", "title", "phone")
+ACTIONABLE = frozenset(
+    {
+        RequestKind.disclosure,
+        RequestKind.correction,
+        RequestKind.cessation,
+        RequestKind.erasure,
+        RequestKind.stop_provision,
+    }
+)
+OPEN = (RequestStatus.awaiting_verification, RequestStatus.open)
+
+SUBJECTS = {
+    "verify": "Please confirm your request",
+    "done": "Your request has been answered",
+    "reminder": "Privacy requests are due",
+}
+
+
+@dataclass
+class Desk:
+    """The contact point's services: who the person is, how to mail them, how to act."""
+
+    hasher: AddressHasher
+    links: Links
+    mailer: SystemMailer
+    self_service: SelfService
+    due_days: int = 14
+
+    # --- arrival ------------------------------------------------------------------------------
+
+    def receive(
+        self,
+        session: Session,
+        *,
+        kind: RequestKind,
+        address: str,
+        channel: RequestChannel,
+        message: str = "",
+        correction: dict[str, str] | None = None,
+        entered_by: str = "",
+        locale: str = "en",
+    ) -> PrivacyRequest:
+        """Record a request; unless it came through the person's own signed link, mail the
+        address a link that proves the request is theirs."""
+        email = normalise_address(address)
+        correction = {k: v for k, v in (correction or {}).items() if v}
+        unknown = set(correction) - set(CORRECTABLE)
+        if unknown:
+            raise InvalidInput("correction", f"fields that cannot be corrected: {sorted(unknown)}")
+        if kind is RequestKind.correction and not correction:
+            raise InvalidInput("correction", "a correction names at least one field")
+        digest = self.hasher.digest(email)
+        subscriber = session.exec(
+            select(Subscriber).where(Subscriber.address_digest == digest)
+        ).first()
+        now = utcnow()
+        verified = channel is RequestChannel.preferences
+        request = PrivacyRequest(
+            kind=kind,
+            status=RequestStatus.open if verified else RequestStatus.awaiting_verification,
+            channel=channel,
+            address=email,
+            subscriber_id=subscriber.id if subscriber else None,
+            subject_digest=digest,
+            message=message,
+            correction=correction,
+            received_at=now,
+            verified_at=now if verified else None,
+            due_at=now + timedelta(days=self.due_days),
+            entered_by=entered_by,
+        )
+        session.add(request)
+        session.flush()
+        if not verified:
+            self.send_verification(session, request, locale)
+        return request
+
+    def send_verification(self, session: Session, request: PrivacyRequest, locale: str) -> None:
+        assert request.id is not None
+        token = self.links.signer.make(Action.verify, str(request.id), request.subject_digest)
+        self.mailer.queue(
+            session,
+            "verify_request",
+            recipient=request.address,
+            locale=locale,
+            subject=SUBJECTS["verify"],
+            request_kind=request.kind.value,
+            address=request.address,
+            verify_url=f"{self.links.policy.base_url.rstrip('/')}/verify/{token}",
+        )
+
+    def read_verification(self, session: Session, token: str) -> PrivacyRequest | None:
+        """The request a verification link names (BadToken for a forged or old link)."""
+        subject, digest = self.links.signer.read(
+            Action.verify, token, max_age=int(self.links.max_age(Action.verify).total_seconds())
+        )
+        request = session.get(PrivacyRequest, int(subject)) if subject.isdigit() else None
+        return request if request is not None and request.subject_digest == digest else None
+
+    def verify(self, session: Session, request: PrivacyRequest) -> None:
+        if request.status is RequestStatus.awaiting_verification:
+            request.status = RequestStatus.open
+            request.verified_at = utcnow()
+            session.add(request)
+
+    # --- acting -------------------------------------------------------------------------------
+
+    def complete(
+        self, session: Session, request: PrivacyRequest, actor: Actor, outcome: str
+    ) -> None:
+        """Perform the request and record its outcome; the person is told by mail."""
+        if request.status is not RequestStatus.open:
+            raise InvalidInput(
+                "status", f"a request that is {request.status.value} cannot be completed"
+            )
+        subscriber = (
+            session.get(Subscriber, request.subscriber_id) if request.subscriber_id else None
+        )
+        performed = self._perform(session, request, subscriber)
+        self._close(session, request, actor, RequestStatus.completed, outcome, performed)
+        self._tell(session, request, subscriber, performed, outcome)
+
+    def reject(self, session: Session, request: PrivacyRequest, actor: Actor, reason: str) -> None:
+        if request.status not in OPEN:
+            raise InvalidInput(
+                "status", f"a request that is {request.status.value} cannot be rejected"
+            )
+        if not reason.strip():
+            raise InvalidInput("outcome", "a rejection gives its reason")
+        self._close(session, request, actor, RequestStatus.rejected, reason, "rejected")
+        if request.status is RequestStatus.rejected and request.verified_at is not None:
+            self._tell(session, request, None, "rejected", reason)
+
+    def _perform(
+        self, session: Session, request: PrivacyRequest, subscriber: Subscriber | None
+    ) -> str:
+        kind = request.kind
+        if kind not in ACTIONABLE:
+            return "answered"
+        if subscriber is None:
+            return "no data held"
+        evidence = Evidence(ConsentChannel.staff)
+        if kind is RequestKind.correction:
+            for field, value in request.correction.items():
+                setattr(subscriber, field, value[:200])
+            subscriber.updated_at = utcnow()
+            session.add(subscriber)
+            return "corrected: " + ", ".join(sorted(request.correction))
+        if kind is RequestKind.cessation:
+            suppress_subscriber(
+                session,
+                self.self_service.lifecycle,
+                subscriber,
+                reason=SuppressionReason.manual,
+                channel=ConsentChannel.staff,
+                note=f"privacy request {request.id}: cessation of use",
+            )
+            for purpose in (ConsentPurpose.joint_use, ConsentPurpose.foreign_transfer):
+                self.self_service.lifecycle.withdraw(session, subscriber, purpose, evidence)
+            return "use stopped"
+        if kind is RequestKind.stop_provision:
+            count = sum(
+                self.self_service.lifecycle.withdraw(session, subscriber, purpose, evidence)
+                for purpose in (ConsentPurpose.joint_use, ConsentPurpose.foreign_transfer)
+            )
+            return f"provision stopped ({count} consents withdrawn)"
+        if kind is RequestKind.erasure:
+            request.subscriber_id = None
+            session.add(request)
+            self.self_service.erase(session, subscriber, evidence, commit=False)
+            return "erased"
+        return "disclosed"  # the bundle is built when the person opens their link
+
+    def _close(
+        self,
+        session: Session,
+        request: PrivacyRequest,
+        actor: Actor,
+        status: RequestStatus,
+        outcome: str,
+        performed: str,
+    ) -> None:
+        request.status = status
+        request.completed_at = utcnow()
+        request.outcome = outcome
+        request.handled_by = actor.name[:200]
+        session.add(request)
+        audit.record(
+            session,
+            actor,
+            f"privacy_request.{status.value}",
+            target=f"request:{request.id} {request.kind.value}",
+            detail={"performed": performed},
+            subjects=[request.subject_digest],
+        )
+
+    def _tell(
+        self,
+        session: Session,
+        request: PrivacyRequest,
+        subscriber: Subscriber | None,
+        performed: str,
+        outcome: str,
+    ) -> None:
+        link = None
+        if request.kind is RequestKind.disclosure and subscriber is not None:
+            token = self.links.signer.make(Action.disclosure, subscriber.token_key, str(request.id))
+            link = f"{self.links.policy.base_url.rstrip('/')}/disclosure/{token}"
+        self.mailer.queue(
+            session,
+            "request_done",
+            recipient=request.address,
+            locale=subscriber.locale if subscriber else "en",
+            subject=SUBJECTS["done"],
+            request_kind=request.kind.value,
+            performed=performed,
+            outcome=outcome,
+            disclosure_url=link,
+        )
+
+    # --- disclosure -----------------------------------------------------------------------------
+
+    def disclosure(self, session: Session, token: str) -> tuple[Subscriber, dict[str, Any]] | None:
+        key, request_id = self.links.signer.read(
+            Action.disclosure,
+            token,
+            max_age=int(self.links.max_age(Action.disclosure).total_seconds()),
+        )
+        subscriber = session.exec(select(Subscriber).where(Subscriber.token_key == key)).first()
+        if subscriber is None:
+            return None
+        bundle = self.self_service.export(session, subscriber)
+        bundle["request"] = request_id
+        return subscriber, bundle
+
+    # --- reminders ------------------------------------------------------------------------------
+
+    def remind(self, session: Session) -> int:
+        """One mail to every active privacy officer when requests are due soon or late and
+        no reminder went out today; how many requests it named."""
+        now = utcnow()
+        due = session.exec(
+            select(PrivacyRequest)
+            .where(
+                col(PrivacyRequest.status).in_(OPEN),
+                col(PrivacyRequest.due_at) <= now + REMIND_BEFORE,
+                or_(
+                    col(PrivacyRequest.reminded_at).is_(None),
+                    col(PrivacyRequest.reminded_at) <= now - REMIND_EVERY,
+                ),
+            )
+            .order_by(col(PrivacyRequest.due_at))
+        ).all()
+        if not due:
+            return 0
+        officers = session.exec(
+            select(StaffUser).where(
+                StaffUser.role == StaffRole.privacy_officer, col(StaffUser.active)
+            )
+        ).all()
+        lines = [
+            {
+                "id": r.id,
+                "kind": r.kind.value,
+                "due": r.due_at.strftime("%Y-%m-%d"),
+                "late": r.due_at <= now,
+            }
+            for r in due
+        ]
+        for officer in officers:
+            self.mailer.queue(
+                session,
+                "request_reminder",
+                recipient=officer.email,
+                locale="en",
+                subject=SUBJECTS["reminder"],
+                requests=lines,
+                admin_url=f"{self.links.policy.base_url.rstrip('/')}/admin/requests",
+            )
+        for request in due:
+            request.reminded_at = now
+            session.add(request)
+        return len(due)
