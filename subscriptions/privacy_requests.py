@@ -17,7 +17,7 @@ opt-out hand-over). The person is told the outcome by mail.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
+from mailer.ratelimit import Limit, SlidingWindow
 from subscriptions import audit
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.audit import Actor
@@ -78,6 +79,9 @@ class Desk:
     mailer: SystemMailer
     self_service: SelfService
     due_days: int = 14
+    # the public contact form: per client an hour, per address a day (verification mails)
+    per_client: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(10, 3600)))
+    per_address: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(3, 86400)))
 
     # --- arrival ------------------------------------------------------------------------------
 

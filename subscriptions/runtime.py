@@ -40,7 +40,7 @@ from subscriptions.privacy_requests import Desk
 from subscriptions.registry import Registry, load_registry
 from subscriptions.self_service import SelfService
 from subscriptions.settings import Settings
-from subscriptions.staff import SecretBox
+from subscriptions.staff import LoginGuard, SecretBox
 from subscriptions.subscribing import OptIn, OptInPolicy
 from subscriptions.system_mail import Sender, SystemMailer
 from subscriptions.tokens import LinkSigner
@@ -65,6 +65,7 @@ class Runtime:
     templates: Jinja2Templates = field(
         default_factory=lambda: Jinja2Templates(directory=TEMPLATES_DIR)
     )
+    login_guard: LoginGuard = field(default_factory=LoginGuard)
     capture: CaptureServer | None = None
     outbox: OutboxSender | None = None
     worker: DeliveryWorker | None = None

@@ -19,6 +19,7 @@ import secrets
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -241,14 +242,14 @@ class Settings(BaseSettings):
     @property
     def origin(self) -> str:
         """The web origin of ``base_url`` (scheme, host, port), as browsers send it."""
-        url = self.base_url
+        url = urlsplit(str(self.base_url))
         default = {"http": 80, "https": 443}.get(url.scheme)
         port = "" if url.port in (None, default) else f":{url.port}"
-        return f"{url.scheme}://{url.host}{port}"
+        return f"{url.scheme}://{url.hostname}{port}"
 
     @property
     def secure_cookies(self) -> bool:
-        return self.base_url.scheme == "https"
+        return str(self.base_url).startswith("https:")
 
     @property
     def captures_mail(self) -> bool:

@@ -17,7 +17,7 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pyotp
@@ -29,6 +29,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
+from mailer.ratelimit import Limit, SlidingWindow
 from subscriptions.auth import token_hash
 from subscriptions.errors import AlreadyExists, InvalidInput
 from subscriptions.models import (
@@ -49,6 +50,21 @@ SESSION_MAX = timedelta(hours=12)
 _TOUCH_EVERY = timedelta(minutes=1)  # last_seen_at is written at most this often
 MIN_PASSWORD = 12
 TOTP_ISSUER = "mailmag"
+
+
+MAX_CODE_TRIES = 5
+
+
+@dataclass
+class LoginGuard:
+    """Failed-login limits of one process: per address, per client, wrong codes per
+    half-way session (which then ends)."""
+
+    by_address: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(10, 900)))
+    by_client: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(30, 900)))
+    wrong_codes: SlidingWindow = field(
+        default_factory=lambda: SlidingWindow(Limit(MAX_CODE_TRIES, 900))
+    )
 
 
 def normalise_staff_email(email: str) -> str:

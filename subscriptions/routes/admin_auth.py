@@ -20,7 +20,6 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
-from mailer.ratelimit import Limit, SlidingWindow
 from subscriptions import audit
 from subscriptions import staff as accounts
 from subscriptions.access import CurrentContext, StaffContext
@@ -35,10 +34,6 @@ from subscriptions.runtime import Runtime
 router = APIRouter(prefix="/admin", tags=["admin: accounts"])
 
 LOGIN_COOKIE = "mm_login"
-_by_address = SlidingWindow(Limit(10, 900))
-_by_client = SlidingWindow(Limit(30, 900))
-MAX_CODE_TRIES = 5
-_wrong_codes = SlidingWindow(Limit(MAX_CODE_TRIES, 900))  # per half-way session
 
 Text = Annotated[str, Form(max_length=1024)]
 Code = Annotated[str, Form(max_length=16)]
@@ -109,7 +104,9 @@ def login(
     if not expected or not hmac.compare_digest(expected.encode(), csrf.encode()):
         return _login_form(request, runtime, target, "The form expired; please try again.", 403)
     address = accounts.normalise_staff_email(email)
-    if _by_address.check(address) is not None or _by_client.check(source_of(request)) is not None:
+    guard = runtime.login_guard
+    held = guard.by_address.check(address), guard.by_client.check(source_of(request))
+    if held != (None, None):
         return _login_form(request, runtime, target, "Too many attempts; wait 15 minutes.", 429)
     with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
         user = accounts.authenticate(session, address, password)
@@ -179,7 +176,7 @@ def _code_refused(
     """Count a wrong code; after ``MAX_CODE_TRIES`` the half-way session ends."""
     assert staff.session is not None
     audit.record(session, actor_of(staff.user, request), "staff.totp_failed")
-    if _wrong_codes.check(str(staff.session.id)) is not None:
+    if runtime.login_guard.wrong_codes.check(str(staff.session.id)) is not None:
         accounts.end_session(session, staff.session)
         session.commit()
         return _login_form(request, runtime, "/admin", "Too many wrong codes; log in again.", 401)

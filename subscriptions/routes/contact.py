@@ -16,7 +16,6 @@ from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
-from mailer.ratelimit import Limit, SlidingWindow
 from subscriptions import audit
 from subscriptions.audit import Actor
 from subscriptions.db import for_writing
@@ -31,8 +30,6 @@ from subscriptions.tokens import Action
 
 router = APIRouter(tags=["contact point"])
 
-_per_client = SlidingWindow(Limit(10, 3600))
-_per_address = SlidingWindow(Limit(3, 86400))
 
 Kind = Annotated[RequestKind, Form()]
 Message = Annotated[str, Form(max_length=5000)]
@@ -72,7 +69,8 @@ def contact_submit(
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
     client = client_of(request).ip or ""
-    if _per_client.check(client) is not None or _per_address.check(address.lower()) is not None:
+    desk = runtime.desk
+    if (desk.per_client.check(client), desk.per_address.check(address.lower())) != (None, None):
         return _contact_form(
             runtime, request, locale, _("Too many requests; please try again later."), 429
         )
