@@ -30,10 +30,14 @@ from urllib.parse import quote
 from fastapi import Depends, HTTPException, Request, status
 from sqlmodel import Session
 
+from mailer.verp import TOKEN_LENGTH
 from subscriptions import staff as accounts
 from subscriptions.auth import staff_for_token
 from subscriptions.deps import READ_ONLY_METHODS, get_runtime
+from subscriptions.errors import BadToken
+from subscriptions.i18n import N_
 from subscriptions.models import StaffRole, StaffSession, StaffUser
+from subscriptions.tokens import Action
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +196,7 @@ def _identify(request: Request, complete: bool) -> StaffContext | None:
     header = request.headers.get("authorization", "")
     scheme, _, credential = header.partition(" ")
     with Session(engine, expire_on_commit=False) as session:
-        if scheme.lower() == "bearer" and credential:
+        if complete and scheme.lower() == "bearer" and credential:
             user = staff_for_token(session, credential.strip())
             return None if user is None else StaffContext(user, None)
         cookie = request.cookies.get(accounts.SESSION_COOKIE)
@@ -219,6 +223,29 @@ async def _check_csrf(request: Request, expected: str) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "the form's CSRF token is missing or wrong")
 
 
+LINK_ACTIONS = {
+    "/confirm/": Action.confirm,
+    "/preferences/": Action.preferences,
+    "/erase/": Action.erase,
+    "/u/": Action.unsubscribe,
+    "/verify/": Action.verify,
+    "/disclosure/": Action.disclosure,
+}
+
+
+def _check_link(request: Request, path: str) -> None:
+    """A link route's token must be genuine for the page's action (its expiry and subject
+    are the route's to check); a forged one is refused before the body is even read."""
+    token = str(request.path_params.get("token", ""))
+    action = LINK_ACTIONS[path.split("{", 1)[0]]
+    runtime = get_runtime(request)
+    if action in (Action.unsubscribe, Action.preferences) and len(token) == TOKEN_LENGTH:
+        if runtime.delivery_tokens.read(token) is None:
+            raise BadToken(N_("This link is not valid."))
+        return
+    runtime.links.signer.read(action, token)
+
+
 async def authorize(request: Request) -> None:
     """The app-wide dependency: apply the route's rule from ``TABLE``."""
     route = request.scope.get("route")
@@ -226,6 +253,8 @@ async def authorize(request: Request) -> None:
     rule = rule_for(request.method, path) if isinstance(path, str) else None
     if rule is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this route is not in the access table")
+    if rule.kind == "link":
+        _check_link(request, path or "")
     if rule.kind not in ("staff", "second_factor"):
         return
     context = _identify(request, complete=rule.kind == "staff")

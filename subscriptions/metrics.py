@@ -123,7 +123,7 @@ class MetricsMiddleware:
 
 
 def metrics_router(metrics: Metrics, token: str | None) -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(tags=["operations"])
 
     @router.get("/metrics")
     def scrape(request: Request) -> Response:

@@ -29,7 +29,7 @@ from subscriptions.runtime import Runtime
 from subscriptions.subscribing import PROFILE, Client, SignUpRequest
 from subscriptions.tokens import Action
 
-router = APIRouter(tags=["subscriber pages"], include_in_schema=False)
+router = APIRouter(tags=["subscriber pages"])
 api = APIRouter(prefix="/api/v1", tags=["public API"])
 
 Token = Annotated[str, Path(max_length=512)]
