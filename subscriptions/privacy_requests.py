@@ -31,6 +31,7 @@ from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.audit import Actor
 from subscriptions.consent import Evidence
 from subscriptions.errors import InvalidInput
+from subscriptions.i18n import N_
 from subscriptions.links import Links
 from subscriptions.models import (
     ConsentChannel,
@@ -64,9 +65,9 @@ ACTIONABLE = frozenset(
 OPEN = (RequestStatus.awaiting_verification, RequestStatus.open)
 
 SUBJECTS = {
-    "verify": "Please confirm your request",
-    "done": "Your request has been answered",
-    "reminder": "Privacy requests are due",
+    "verify": N_("Please confirm your request"),
+    "done": N_("Your request has been answered"),
+    "reminder": N_("Privacy requests are due"),
 }
 
 
