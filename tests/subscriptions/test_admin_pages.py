@@ -1,0 +1,121 @@
+"""The admin pages' content: dashboard figures, registries and notice diffs, the audit log
+and its export (itself audited), the subscriber search (an audited read)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from subscriptions import dashboard
+from subscriptions.consent import Evidence
+from subscriptions.db import for_writing
+from subscriptions.models import (
+    AuditEvent,
+    AuditSubject,
+    ConsentChannel,
+    Magazine,
+    NoticeVersion,
+    StaffRole,
+    Subscriber,
+)
+from subscriptions.notice import Notice, record_notice
+from subscriptions.runtime import Runtime
+from tests.mailer.test_sending import seed
+from tests.support.staff import add_staff, login
+
+
+def runtime_of(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+def test_the_dashboard_counts_subscribers_confirmations_and_unsubscribes(
+    app: FastAPI, engine: Engine
+) -> None:
+    _issue, people = seed(app, engine, 3)
+    runtime = runtime_of(app)
+    with Session(for_writing(engine)) as session:
+        person = session.get(Subscriber, people[0].id)
+        assert person is not None
+        weekly = session.exec(select(Magazine).where(Magazine.slug == "weekly")).one()
+        runtime.optin.lifecycle.end(session, person, [weekly], Evidence(ConsentChannel.link))
+        session.commit()
+    with Session(engine) as session:
+        today = dashboard.today()
+        subscribers = dashboard.subscribers_over_time(session, today)
+        flows = dashboard.confirmations_and_unsubscribes(session, today)
+    weekly_line = next(line for line in subscribers.lines if line.name == "Sakura Weekly")
+    assert weekly_line.last == 2
+    assert len(flows.rects) == 2 * dashboard.WINDOW_DAYS
+    today_bars = [r.title for r in flows.rects if r.title.startswith(today.strftime("%m-%d"))]
+    assert sorted(today_bars) == [
+        f"{today:%m-%d} · confirmations: 3",
+        f"{today:%m-%d} · unsubscribes: 1",
+    ]
+
+
+def test_registries_list_processors_and_the_notice_diff_shows_what_changed(
+    client: TestClient, app: FastAPI, engine: Engine
+) -> None:
+    email, seed_ = add_staff(engine, StaffRole.privacy_officer, runtime_of(app).secret_box())
+    login(client, email, seed_)
+    with Session(for_writing(engine)) as session:
+        ids = []
+        for body in (
+            "Purpose: newsletters.\nRetention: 3 years.\n",
+            "Purpose: newsletters.\nRetention: 5 years.\n",
+        ):
+            digest = hashlib.sha256(body.encode()).hexdigest()
+            ids.append(record_notice(session, Notice("en", body, digest)).id)
+        session.commit()
+    page = client.get("/admin/registries")
+    assert page.status_code == 200
+    assert "Sakura" in page.text
+    assert f"/admin/notices?a={ids[0]}&amp;b={ids[1]}" in page.text
+    diff = client.get("/admin/notices", params={"a": ids[0], "b": ids[1]})
+    assert "<del>3</del>" in diff.text
+    assert "<ins>5</ins>" in diff.text
+    assert client.get("/admin/notices", params={"a": ids[0], "b": 999999}).status_code == 404
+    with Session(engine) as session:
+        assert len(session.exec(select(NoticeVersion)).all()) >= 2
+
+
+def test_searching_subscribers_is_an_audited_read_and_the_export_audits_itself(
+    client: TestClient, app: FastAPI, engine: Engine
+) -> None:
+    _issue, people = seed(app, engine, 3)
+    email, seed_ = add_staff(engine, StaffRole.privacy_officer, runtime_of(app).secret_box())
+    login(client, email, seed_)
+    found = client.get("/admin/subscribers", params={"q": "reader1"})
+    assert people[1].email in found.text
+    assert people[0].email not in found.text
+    wildcard = client.get("/admin/subscribers", params={"q": "%%%"})  # matched literally
+    assert wildcard.text.count("@example.org") == 0
+    with Session(engine) as session:
+        search, blank = session.exec(
+            select(AuditEvent)
+            .where(AuditEvent.action == "subscriber.searched")
+            .order_by(col(AuditEvent.seq))
+        ).all()
+        subjects = session.exec(
+            select(AuditSubject.subject_digest).where(AuditSubject.audit_id == search.id)
+        ).all()
+    assert subjects == [people[1].address_digest]
+    assert blank.subjects == 0
+    assert search.actor.startswith("staff:")
+    assert search.actor.endswith(f" {email}")
+
+    exported = client.get("/admin/audit/export")
+    rows = [json.loads(line) for line in exported.text.splitlines()]
+    assert rows[-1]["action"] == "audit.exported"  # recorded before the first byte left
+    assert [r["seq"] for r in rows] == sorted(r["seq"] for r in rows)
+    page = client.get("/admin/audit", params={"verify": "true"})
+    assert "The chain verifies" in page.text
+    with Session(engine) as session:
+        actions = session.exec(select(AuditEvent.action).order_by(col(AuditEvent.seq))).all()
+    assert actions.count("staff.login") == 1
