@@ -50,15 +50,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 from sqlmodel import Session, select
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's test support
+
 from mailer.clock import utcnow
 from mailer.models import Issue
 from subscriptions.auth import issue_token
-from subscriptions.db import make_engine, refresh_statistics, table_of
-from subscriptions.models import Magazine, StaffRole, StaffUserCreate, Subscriber, Subscription
+from subscriptions.db import make_engine
+from subscriptions.models import StaffRole, StaffUserCreate, Subscriber
 from subscriptions.runtime import build_runtime
 from subscriptions.settings import Settings
 from subscriptions.staff import create_staff_user
-from subscriptions.tokens import Action, new_token_key
+from subscriptions.tokens import Action
+from tests.support.bulk import confirmed_readers
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -209,10 +212,7 @@ def seed(target: Store, count: int) -> tuple[int, str]:
     import path under test) and a marketer's API token."""
     runtime = build_runtime(target.settings, target.engine)
     runtime.sync_magazines()
-    hasher = runtime.optin.hasher
-    now = utcnow()
     with Session(target.engine) as session:
-        magazine = session.exec(select(Magazine).where(Magazine.slug == "weekly")).one()
         user = create_staff_user(
             session=session,
             data=StaffUserCreate(
@@ -221,42 +221,7 @@ def seed(target: Store, count: int) -> tuple[int, str]:
         )
         token = issue_token(session, user, label="bench")
         session.commit()
-        subscribers, subscriptions = table_of(Subscriber), table_of(Subscription)
-        for start in range(0, count, 10_000):
-            rows = []
-            for n in range(start, min(count, start + 10_000)):
-                address = f"reader{n:07d}@example{n % 50}.org"
-                rows.append(
-                    {
-                        "email": address,
-                        "address_digest": hasher.digest(address),
-                        "token_key": new_token_key(),
-                        "name": f"Reader {n}",
-                        "locale": "en",
-                        "bounce_score": 0.0,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
-            ids = session.connection().execute(
-                subscribers.insert().returning(subscribers.c.id), rows
-            )
-            session.connection().execute(
-                subscriptions.insert(),
-                [
-                    {
-                        "subscriber_id": i,
-                        "magazine_id": magazine.id,
-                        "status": "confirmed",
-                        "created_at": now,
-                        "confirmed_at": now,
-                    }
-                    for (i,) in ids
-                ],
-            )
-            session.commit()
-        refresh_statistics(target.engine, "subscriber", "subscription")
-        return magazine.id or 0, token
+    return confirmed_readers(target.engine, runtime.optin.hasher, "weekly", count), token
 
 
 def new_issue(target: Store, magazine_id: int, html: str) -> int:

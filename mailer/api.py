@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 
 from mailer import issues, queue
 from mailer.audience import Audience, Recipient
+from mailer.columns import RowId
 from mailer.errors import InvalidTransition, MailerError
 from mailer.models import Issue, IssueBase, IssueStatus
 from mailer.sending import start_issue
@@ -34,7 +35,7 @@ Locale = Literal["en", "ja"]
 class IssueCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    magazine_id: int
+    magazine_id: RowId
     subject: str = Field(min_length=1, max_length=300)
     preheader: str = Field(default="", max_length=300)
     html_body: str = Field(min_length=1, max_length=200_000)
@@ -56,7 +57,7 @@ class IssueUpdate(BaseModel):
 
 class IssuePublic(IssueBase):
     id: int
-    magazine_id: int
+    magazine_id: RowId
     status: IssueStatus
     scheduled_at: datetime | None
     created_at: datetime
@@ -102,7 +103,7 @@ class ScheduleRequest(BaseModel):
 
 
 class IssueProgress(BaseModel):
-    issue_id: int
+    issue_id: RowId
     status: str
     counts: dict[str, int]
     total: int
@@ -130,7 +131,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
     router = APIRouter(prefix="/api/v1/issues", tags=["issues"], dependencies=[Depends(authorize)])
     engine = services.engine
 
-    def load(session: Session, issue_id: int) -> Issue:
+    def load(session: Session, issue_id: RowId) -> Issue:
         issue = session.get(Issue, issue_id)
         if issue is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such issue")
@@ -143,7 +144,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         return prepared.fields
 
-    def transition(issue_id: int, move: Callable[[Session, Issue], None]) -> IssuePublic:
+    def transition(issue_id: RowId, move: Callable[[Session, Issue], None]) -> IssuePublic:
         with Session(for_writing(engine), expire_on_commit=False) as session:
             issue = load(session, issue_id)
             try:
@@ -170,12 +171,12 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             return [_public(i) for i in rows]
 
     @router.get("/{issue_id}")
-    def get_issue(issue_id: int) -> IssuePublic:
+    def get_issue(issue_id: RowId) -> IssuePublic:
         with Session(engine) as session:
             return _public(load(session, issue_id))
 
     @router.patch("/{issue_id}")
-    def update_issue(issue_id: int, data: IssueUpdate) -> IssuePublic:
+    def update_issue(issue_id: RowId, data: IssueUpdate) -> IssuePublic:
         """Change a draft (a scheduled issue goes back to draft first)."""
         with Session(for_writing(engine), expire_on_commit=False) as session:
             issue = load(session, issue_id)
@@ -203,14 +204,14 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
         return rendered(Issue.model_validate(data.model_dump()), None)
 
     @router.post("/{issue_id}/preview")
-    def preview(issue_id: int, sample: SampleFields | None = None) -> Preview:
+    def preview(issue_id: RowId, sample: SampleFields | None = None) -> Preview:
         """The message as a sample subscriber would see it."""
         with Session(engine) as session:
             issue = load(session, issue_id)
         return rendered(issue, sample)
 
     @router.post("/{issue_id}/test-send")
-    async def test_send(issue_id: int, data: TestSend) -> TestSendResult:
+    async def test_send(issue_id: RowId, data: TestSend) -> TestSendResult:
         """Send the issue, with sample values and inert links, to up to ten addresses."""
         addresses = []
         for raw in data.addresses:
@@ -245,7 +246,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
         return TestSendResult(results=results)
 
     @router.post("/{issue_id}/schedule")
-    def schedule(issue_id: int, data: ScheduleRequest) -> IssuePublic:
+    def schedule(issue_id: RowId, data: ScheduleRequest) -> IssuePublic:
         """Send at a time-zone-aware moment (stored in UTC)."""
         with Session(engine) as session:
             checked(load(session, issue_id))
@@ -254,11 +255,11 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
         return public
 
     @router.post("/{issue_id}/unschedule")
-    def unschedule(issue_id: int) -> IssuePublic:
+    def unschedule(issue_id: RowId) -> IssuePublic:
         return transition(issue_id, issues.unschedule)
 
     @router.post("/{issue_id}/send-now")
-    def send_now(issue_id: int) -> IssuePublic:
+    def send_now(issue_id: RowId) -> IssuePublic:
         try:
             start_issue(engine, services.audience, services.preparer, issue_id)
         except InvalidTransition as exc:
@@ -270,21 +271,21 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             return _public(load(session, issue_id))
 
     @router.post("/{issue_id}/pause")
-    def pause(issue_id: int) -> IssuePublic:
+    def pause(issue_id: RowId) -> IssuePublic:
         return transition(issue_id, issues.pause)
 
     @router.post("/{issue_id}/resume")
-    def resume(issue_id: int) -> IssuePublic:
+    def resume(issue_id: RowId) -> IssuePublic:
         public = transition(issue_id, issues.resume)
         services.on_started()
         return public
 
     @router.post("/{issue_id}/cancel")
-    def cancel(issue_id: int) -> IssuePublic:
+    def cancel(issue_id: RowId) -> IssuePublic:
         return transition(issue_id, issues.cancel)
 
     @router.get("/{issue_id}/status")
-    def issue_status(issue_id: int) -> IssueProgress:
+    def issue_status(issue_id: RowId) -> IssueProgress:
         """Counts per delivery state, the current rate and the expected finish."""
         with Session(engine) as session:
             found = queue.progress(session, issue_id)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
+import annotated_types
 from sqlalchemy import DateTime, String
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -62,3 +63,8 @@ class EnumText(TypeDecorator[Enum]):
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Enum | None:
         return None if value is None else self.enum_class(value)
+
+
+MAX_ROW_ID = 2**31 - 1  # PostgreSQL's integer; SQLite takes 64 bits, the smaller bound holds
+RowId = Annotated[int, annotated_types.Ge(1), annotated_types.Le(MAX_ROW_ID)]
+"""An id from outside (a path, a query, a body): refused unless a row could have it."""

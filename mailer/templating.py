@@ -3,8 +3,12 @@
 Marketing writes subject and bodies as Jinja2 templates. They run in
 ``jinja2.sandbox.SandboxedEnvironment`` with ``StrictUndefined`` and autoescaping (HTML),
 see only the documented context, and are held to a budget: at most ``MAX_OUTPUT`` characters
-and ``MAX_SECONDS`` of rendering, with string repetition and powers capped so one expression
-cannot allocate gigabytes. A template that breaks a rule is refused with a ``TemplateRefused``.
+and ``MAX_SECONDS`` of rendering. No single operation may build a value beyond ``MAX_VALUE``:
+``*``, ``+`` and ``~`` check the size of what they would build, ``**`` is capped, printf-style
+``%`` formatting is not allowed, and the filters that can grow a string (``replace``,
+``center``, ``indent``, ``join``...) check their result's size before building it. So no
+expression can allocate gigabytes (``tests/reliability/test_templates.py`` holds hostile
+templates to 1 s and 64 MB). A template that breaks a rule is refused with ``TemplateRefused``.
 
 The context a template may use::
 
@@ -23,11 +27,12 @@ from __future__ import annotations
 import operator
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from jinja2 import StrictUndefined, TemplateError, meta, nodes
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import escape
@@ -35,7 +40,8 @@ from markupsafe import escape
 from mailer.errors import TemplateRefused
 
 MAX_OUTPUT = 1_000_000  # characters of one rendered part
-MAX_SECONDS = 1.0
+MAX_VALUE = MAX_OUTPUT  # characters (or items) any one operation may build
+MAX_SECONDS = 0.5  # checked between output chunks: a refusal comes well within a second
 MAX_SOURCE = 200_000
 MAX_REPEAT = 100_000  # longest string or list a single * may build
 MAX_POWER = 1_000
@@ -54,6 +60,85 @@ def _checked_mul(left: Any, right: Any) -> Any:
     return operator.mul(left, right)
 
 
+def _size(value: Any) -> int:
+    return len(value) if isinstance(value, str | list | tuple | bytes) else 0
+
+
+def _checked_add(left: Any, right: Any) -> Any:
+    if _size(left) + _size(right) > MAX_VALUE:
+        raise SecurityError("value too large")
+    return operator.add(left, right)
+
+
+def _checked_mod(left: Any, right: Any) -> Any:
+    if isinstance(left, str):
+        raise SecurityError("printf-style formatting is not allowed")
+    return operator.mod(left, right)
+
+
+def checked_concat(parts: tuple[Any, ...], join: Any) -> Any:
+    """``a ~ b``: refused when the joined string would be too large."""
+    if sum(len(str(part)) for part in parts) > MAX_VALUE:
+        raise SecurityError("value too large")
+    return join(parts)
+
+
+def _width(value: Any) -> int:
+    return value if isinstance(value, int) else len(str(value))
+
+
+def _guarded(name: str, real: Any) -> Any:
+    """A filter that checks the size of what it would build before building it."""
+
+    def estimate(value: Any, *args: Any, **kwargs: Any) -> int:
+        text = str(value) if not isinstance(value, list | tuple) else ""
+        if name == "replace":
+            old, new = (
+                str(args[0] if args else kwargs.get("old", "")),
+                str(args[1] if len(args) > 1 else kwargs.get("new", "")),
+            )
+            hits = text.count(old) if old else len(text) + 1
+            return len(text) + hits * len(new)
+        if name == "center":
+            return max(len(text), _width(args[0] if args else kwargs.get("width", 80)))
+        if name == "indent":
+            width = _width(args[0] if args else kwargs.get("width", 4))
+            return len(text) + (text.count("\n") + 1) * width
+        if name == "join":
+            items = list(value) if isinstance(value, list | tuple | str) else []
+            glue = str(args[0] if args else kwargs.get("d", ""))
+            return sum(len(str(i)) for i in items) + len(glue) * len(items)
+        return 0
+
+    passed = getattr(real, "jinja_pass_arg", None)  # an eval context comes first, if any
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        values = args[1:] if passed is not None else args
+        if values and estimate(*values, **kwargs) > MAX_VALUE:
+            raise SecurityError(f"{name}: value too large")
+        return real(*args, **kwargs)
+
+    if passed is not None:
+        checked.jinja_pass_arg = passed  # type: ignore[attr-defined]
+    return checked
+
+
+GROWING_FILTERS = ("replace", "center", "indent", "join")
+BANNED_FILTERS = ("format", "pprint", "xmlattr")  # printf, reprs of anything, attribute dumps
+
+
+class _CheckedConcat(CodeGenerator):
+    """Compiles ``a ~ b`` into a join that checks its size first."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:  # noqa: N802 (Jinja's name)
+        self.write("environment.checked_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        join = "markup_join" if frame.eval_ctx.autoescape else "str_join"
+        self.write(f"), {join})")
+
+
 def _checked_pow(left: Any, right: Any) -> Any:
     if isinstance(right, int | float) and abs(right) > MAX_POWER:
         raise SecurityError("exponent too large")
@@ -63,19 +148,30 @@ def _checked_pow(left: Any, right: Any) -> Any:
 class LimitedEnvironment(SandboxedEnvironment):
     """The sandbox, plus caps on the operators that can allocate without bound."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _CheckedConcat
+    checked_concat = staticmethod(checked_concat)
+    _BINOPS: ClassVar[dict[str, Callable[[Any, Any], Any]]] = {
+        "*": _checked_mul,
+        "**": _checked_pow,
+        "+": _checked_add,
+        "%": _checked_mod,
+    }
 
     def call_binop(self, context: Any, operator_: str, left: Any, right: Any) -> Any:
-        if operator_ == "*":
-            return _checked_mul(left, right)
-        if operator_ == "**":
-            return _checked_pow(left, right)
+        checked = self._BINOPS.get(operator_)
+        if checked is not None:
+            return checked(left, right)
         return super().call_binop(context, operator_, left, right)
 
 
 def environment(*, html: bool) -> LimitedEnvironment:
     env = LimitedEnvironment(undefined=StrictUndefined, autoescape=html)
     env.globals.clear()  # no range(), dict(), lipsum(), cycler(), joiner(), namespace()
+    for name in BANNED_FILTERS:
+        env.filters.pop(name, None)
+    for name in GROWING_FILTERS:
+        env.filters[name] = _guarded(name, env.filters[name])
     return env
 
 
@@ -109,9 +205,9 @@ def analyse(source: str, *, html: bool, what: str) -> Analysis:
     env = HTML_ENV if html else TEXT_ENV
     try:
         tree = env.parse(source)
-    except TemplateError as exc:
+        unknown = meta.find_undeclared_variables(tree) - ALLOWED_NAMES  # compiles: a filter
+    except TemplateError as exc:  # that does not exist (or is banned) is named here
         raise TemplateRefused(f"{what}: {exc}") from None
-    unknown = meta.find_undeclared_variables(tree) - ALLOWED_NAMES
     if unknown:
         raise TemplateRefused(f"{what}: unknown name(s) {', '.join(sorted(unknown))}")
     fields: set[str] = set()

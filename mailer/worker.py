@@ -57,6 +57,7 @@ class WorkerConfig:
     status_ttl: float = 1.0
     feed_ttl: float = 0.5
     idle_seconds: float = 1.0
+    first_retry: timedelta = timedelta(minutes=1)  # doubles each attempt, to 60 times this
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
 
@@ -68,9 +69,10 @@ def is_bad_mailbox(code: int | None, reply: str) -> bool:
     return code is not None and 500 <= code < 600 and bool(_BAD_MAILBOX.search(reply))
 
 
-def backoff(attempts: int) -> timedelta:
-    """1, 2, 4... minutes, at most an hour between tries."""
-    return timedelta(seconds=min(60 * 2 ** max(attempts, 0), 3600))
+def backoff(attempts: int, first: timedelta = timedelta(minutes=1)) -> timedelta:
+    """1, 2, 4... minutes (``first`` doubling), at most an hour (60 ``first``) between tries."""
+    factor: int = min(2 ** max(attempts, 0), 60)
+    return first * factor
 
 
 @dataclass
@@ -236,7 +238,7 @@ class DeliveryWorker:
     def _deferred(
         self, claim: Claim, started: datetime | None, code: int | None, reply: str
     ) -> Result:
-        retry_at = utcnow() + backoff(claim.attempts)
+        retry_at = utcnow() + backoff(claim.attempts, self.config.first_retry)
         deadline = (started or utcnow()) + self.config.retry_deadline
         if retry_at > deadline:
             return Result(

@@ -30,7 +30,7 @@ from mailer.clock import utcnow
 from mailer.errors import MailerError
 from mailer.inbound import inbound_server
 from mailer.queue import Progress
-from subscriptions import consent, operations_cli, parties, provision, schema
+from subscriptions import audit, consent, operations_cli, parties, provision, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
 from subscriptions.auth import issue_party_credential, issue_token
@@ -439,6 +439,13 @@ def admin_create(
     engine = store_for(settings)
     with Session(for_writing(engine)) as session:
         user = create_staff_user(session=session, data=data)
+        audit.record(
+            session,
+            operations_cli.shell_actor(getpass.getuser()),
+            "staff.account_created",
+            target=f"staff:{user.id} {user.email}",
+            detail={"role": user.role.value},
+        )
         session.commit()
         out.print(f"created {user.role.value} account {user.email}")
 
@@ -460,6 +467,13 @@ def admin_token(
             fail(f"no active staff account {email}")
         expires = utcnow() + timedelta(days=days) if days else None
         token = issue_token(session, user, label=label, expires_at=expires)
+        audit.record(
+            session,
+            operations_cli.shell_actor(getpass.getuser()),
+            "staff.token_created",
+            target=f"staff:{user.id} {user.email}",
+            detail={"label": label},
+        )
         session.commit()
     sys.stdout.write(token + "\n")
 

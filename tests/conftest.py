@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 from sqlalchemy.engine import URL, Engine
 from sqlmodel import Session
 
@@ -125,3 +126,21 @@ def routed_app(settings: Settings, engine: Engine, tmp_path: Path) -> FastAPI:
     return create_app(
         settings.model_copy(update={"registry_file": registry}), engine=engine, delivery=False
     )
+
+
+METRICS_TOKEN = "scrape-me-please-0123456789"
+WEBHOOK_SECRET = "webhook-secret-0123456789abcdef"
+
+
+@pytest.fixture
+def locked_app(engine: Engine, routed_app: FastAPI) -> Iterator[FastAPI]:
+    """The routed app with every door locked (a metrics token, a webhook secret), started."""
+    live = routed_app.state.runtime.settings.model_copy(
+        update={
+            "metrics_token": SecretStr(METRICS_TOKEN),
+            "webhook_secret": SecretStr(WEBHOOK_SECRET),
+        }
+    )
+    app = create_app(live, engine=engine, delivery=False)
+    with TestClient(app):
+        yield app

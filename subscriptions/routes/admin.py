@@ -14,6 +14,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from sqlmodel import Session, col, select
 
+from mailer.columns import RowId
 from mailer.models import Issue, IssueStatus
 from subscriptions import audit, dashboard
 from subscriptions.access import CurrentContext
@@ -123,7 +124,7 @@ def new_issue(request: Request, runtime: RuntimeDep, staff: CurrentContext) -> R
 
 @router.get("/issues/{issue_id}", response_class=HTMLResponse)
 def edit_issue(
-    request: Request, runtime: RuntimeDep, staff: CurrentContext, issue_id: int
+    request: Request, runtime: RuntimeDep, staff: CurrentContext, issue_id: RowId
 ) -> Response:
     with Session(runtime.engine) as session:
         issue = session.get(Issue, issue_id)
@@ -134,7 +135,7 @@ def edit_issue(
 
 @router.get("/issues/{issue_id}/report", response_class=HTMLResponse)
 def issue_report(
-    request: Request, runtime: RuntimeDep, staff: CurrentContext, issue_id: int
+    request: Request, runtime: RuntimeDep, staff: CurrentContext, issue_id: RowId
 ) -> Response:
     with Session(runtime.engine) as session:
         issue = session.get(Issue, issue_id)
@@ -167,8 +168,8 @@ def notice_diff(
     request: Request,
     runtime: RuntimeDep,
     staff: CurrentContext,
-    a: Annotated[int, Query(ge=1)],
-    b: Annotated[int, Query(ge=1)],
+    a: RowId,
+    b: RowId,
 ) -> Response:
     """Two notice versions side by side: what was removed and what was added."""
     with Session(runtime.engine) as session:
@@ -202,7 +203,7 @@ def audit_page(
     runtime: RuntimeDep,
     staff: CurrentContext,
     action: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: RowId | None = None,
     verify: bool = False,
 ) -> Response:
     query = select(AuditEvent).order_by(col(AuditEvent.seq).desc()).limit(100)

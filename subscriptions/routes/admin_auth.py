@@ -20,6 +20,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
+from mailer.columns import RowId
 from subscriptions import audit
 from subscriptions import staff as accounts
 from subscriptions.access import CurrentContext, StaffContext
@@ -362,7 +363,7 @@ def create_token(
 
 @router.post("/account/tokens/{token_id}/revoke")
 def revoke_token(
-    request: Request, runtime: RuntimeDep, staff: CurrentContext, token_id: int
+    request: Request, runtime: RuntimeDep, staff: CurrentContext, token_id: RowId
 ) -> Response:
     with Session(for_writing(runtime.engine)) as session:
         session.execute(
@@ -382,7 +383,7 @@ def revoke_token(
 
 
 @router.post("/account/sessions/{session_id}/end")
-def end_own_session(runtime: RuntimeDep, staff: CurrentContext, session_id: int) -> Response:
+def end_own_session(runtime: RuntimeDep, staff: CurrentContext, session_id: RowId) -> Response:
     with Session(for_writing(runtime.engine)) as session:
         found = session.get(StaffSession, session_id)
         if found is None or found.staff_id != staff.user.id:
@@ -449,7 +450,7 @@ def staff_change(
     request: Request,
     runtime: RuntimeDep,
     staff: CurrentContext,
-    staff_id: int,
+    staff_id: RowId,
     role: Annotated[StaffRole, Form()],
     active: Annotated[bool, Form()] = False,
 ) -> Response:

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
+from mailer.columns import RowId
 from mailer.models import Delivery, Issue
 from subscriptions import audit, consent
 from subscriptions.access import CurrentContext
@@ -80,7 +81,7 @@ def _person_page(
     request: Request,
     runtime: RuntimeDep,
     staff: CurrentContext,
-    subscriber_id: int,
+    subscriber_id: RowId,
     error: str = "",
     code: int = 200,
 ) -> Response:
@@ -128,7 +129,7 @@ def _person_page(
 
 @router.get("/subscribers/{subscriber_id}", response_class=HTMLResponse)
 def subscriber(
-    request: Request, runtime: RuntimeDep, staff: CurrentContext, subscriber_id: int
+    request: Request, runtime: RuntimeDep, staff: CurrentContext, subscriber_id: RowId
 ) -> Response:
     return _person_page(request, runtime, staff, subscriber_id)
 
@@ -138,7 +139,7 @@ def correct(
     request: Request,
     runtime: RuntimeDep,
     staff: CurrentContext,
-    subscriber_id: int,
+    subscriber_id: RowId,
     field: Annotated[Correctable, Form()],
     reason: Reason,
     value: Annotated[str, Form(max_length=200)] = "",
@@ -240,7 +241,7 @@ def enter_request(
     return RedirectResponse(f"/admin/requests/{found.id}", status_code=303)
 
 
-def _load(session: Session, request_id: int) -> PrivacyRequest:
+def _load(session: Session, request_id: RowId) -> PrivacyRequest:
     found = session.get(PrivacyRequest, request_id)
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such request")
@@ -251,7 +252,7 @@ def _request_page(
     request: Request,
     runtime: RuntimeDep,
     staff: CurrentContext,
-    request_id: int,
+    request_id: RowId,
     error: str = "",
     code: int = 200,
 ) -> Response:
@@ -276,7 +277,7 @@ def _request_page(
 
 @router.get("/requests/{request_id}", response_class=HTMLResponse)
 def request_detail(
-    request: Request, runtime: RuntimeDep, staff: CurrentContext, request_id: int
+    request: Request, runtime: RuntimeDep, staff: CurrentContext, request_id: RowId
 ) -> Response:
     return _request_page(request, runtime, staff, request_id)
 
@@ -289,7 +290,7 @@ def complete(
     request: Request,
     runtime: RuntimeDep,
     staff: CurrentContext,
-    request_id: int,
+    request_id: RowId,
     outcome: Outcome = "",
 ) -> Response:
     """Perform the request (erase, stop, correct, disclose) and tell the person."""
@@ -310,7 +311,7 @@ def reject(
     request: Request,
     runtime: RuntimeDep,
     staff: CurrentContext,
-    request_id: int,
+    request_id: RowId,
     outcome: Outcome = "",
 ) -> Response:
     with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
@@ -327,7 +328,7 @@ def reject(
 
 @router.post("/requests/{request_id}/resend", response_class=HTMLResponse)
 def resend(
-    request: Request, runtime: RuntimeDep, staff: CurrentContext, request_id: int
+    request: Request, runtime: RuntimeDep, staff: CurrentContext, request_id: RowId
 ) -> Response:
     """Mail the verification link again (the person lost the first one)."""
     with Session(for_writing(runtime.engine), expire_on_commit=False) as session:

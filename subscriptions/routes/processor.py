@@ -34,6 +34,7 @@ from sqlmodel import Session, col, select
 from mailer import issues, queue
 from mailer.audience import Recipient
 from mailer.clock import utcnow
+from mailer.columns import RowId
 from mailer.feedback import Feedback, FeedbackKind
 from mailer.models import Delivery, DeliveryStatus, Issue
 from mailer.queue import Claim, Result
@@ -98,7 +99,7 @@ class BatchRequest(BaseModel):
 
 class PulledDelivery(BaseModel):
     token: str
-    issue_id: int
+    issue_id: RowId
     address: str
     return_path: str
     fields: dict[str, str]
@@ -287,7 +288,7 @@ class OptOuts(BaseModel):
 
 class Acknowledgement(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ids: list[int] = Field(min_length=1, max_length=10_000)
+    ids: list[RowId] = Field(min_length=1, max_length=10_000)
 
 
 class Acknowledged(BaseModel):

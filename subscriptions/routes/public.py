@@ -283,6 +283,12 @@ class Problem(BaseModel):
     field: str | None = None
 
 
+class InvalidRequest(BaseModel):
+    """FastAPI's answer to a body that does not fit the schema (one entry per error)."""
+
+    detail: list[dict[str, Any]]
+
+
 @api.get("/subscribe/form")
 def api_form(
     request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
@@ -307,7 +313,11 @@ def api_form(
 @api.post(
     "/subscribe",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={400: {"model": Problem}, 422: {"model": Problem}, 429: {"model": Problem}},
+    responses={
+        400: {"model": Problem},
+        422: {"model": Problem | InvalidRequest},
+        429: {"model": Problem},
+    },
 )
 async def api_subscribe(signup: SignUpRequest, request: Request, runtime: RuntimeDep) -> Any:
     """Sign up for magazines. The answer is the same whatever the address's state, and takes

@@ -3,6 +3,7 @@ user-controlled value can add a header."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -208,6 +209,10 @@ def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers() -> None:
     assert not dkim.verify(tampered, dnsfunc=dns)
 
 
+def _lines(text: str) -> str:
+    return re.sub(r"\r\n?", "\n", text)
+
+
 @settings(max_examples=200, deadline=None)
 @given(name=st.text(max_size=120))
 def test_the_pre_encoded_parts_decode_to_exactly_the_rendered_text(name: str) -> None:
@@ -223,6 +228,7 @@ def test_the_pre_encoded_parts_decode_to_exactly_the_rendered_text(name: str) ->
     for subtype, expected in (("html", html), ("plain", text)):
         part = message.get_body((subtype,))
         assert isinstance(part, EmailMessage)
-        assert part.get_content().replace("\r\n", "\n") == expected.replace("\r\n", "\n")
+        # a line end is CRLF on the wire: a lone CR in a value arrives as a line break
+        assert _lines(part.get_content()) == _lines(expected)
     body = raw.split(b"\r\n\r\n", 1)[1]
     assert all(len(line) <= 76 for line in body.split(b"\r\n")), "RFC 2045: 76 at most"

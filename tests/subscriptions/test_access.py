@@ -17,15 +17,12 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2 as httpx
-import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -36,15 +33,13 @@ from subscriptions.auth import issue_token
 from subscriptions.db import for_writing
 from subscriptions.models import RequestChannel, RequestKind, StaffRole, StaffUser, Subscriber
 from subscriptions.runtime import Runtime
-from subscriptions.settings import Settings
 from subscriptions.tokens import Action
+from tests.conftest import METRICS_TOKEN, WEBHOOK_SECRET
 from tests.subscriptions.test_processor_api import credential, started_pull_issue
 
 DEV_ONLY = {"GET /_mail", "GET /_mail/{mail_id}", "GET /_mail/{mail_id}/raw"}
 MADE_UP = "999999"
 FORGED = "eyJmb3JnZWQiOnRydWV9.ZZZZZZ.c2lnbmF0dXJlLW5vdC1yZWFs"
-METRICS_TOKEN = "scrape-me-please-0123456789"
-WEBHOOK_SECRET = "webhook-secret-0123456789abcdef"
 
 
 @dataclass
@@ -55,21 +50,6 @@ class Caller:
     half_way: bool = False
     role: StaffRole | None = None
     tokens: dict[str, str] = field(default_factory=dict)  # path prefix -> link token
-
-
-@pytest.fixture
-def matrix_app(settings: Settings, engine: Engine, routed_app: FastAPI) -> Iterator[FastAPI]:
-    from subscriptions.app import create_app
-
-    live = routed_app.state.runtime.settings.model_copy(
-        update={
-            "metrics_token": SecretStr(METRICS_TOKEN),
-            "webhook_secret": SecretStr(WEBHOOK_SECRET),
-        }
-    )
-    app = create_app(live, engine=engine, delivery=False)
-    with TestClient(app):
-        yield app
 
 
 def staff_user(engine: Engine, role: StaffRole, label: str = "") -> StaffUser:
@@ -239,18 +219,18 @@ def refused(answer: httpx.Response, rule: Rule) -> bool:
     return rule.kind == "link" and answer.status_code == 400  # a forged link
 
 
-def test_the_table_covers_every_route_and_nothing_else(matrix_app: FastAPI) -> None:
-    documented = {f"{method} {path}" for method, path, _op in operations(matrix_app)}
+def test_the_table_covers_every_route_and_nothing_else(locked_app: FastAPI) -> None:
+    documented = {f"{method} {path}" for method, path, _op in operations(locked_app)}
     assert documented - set(TABLE) == set(), "routes missing from the access table"
     assert set(TABLE) - documented == DEV_ONLY, "table rows without a route"
 
 
-def test_every_caller_gets_exactly_what_the_table_says(matrix_app: FastAPI, engine: Engine) -> None:
-    everyone = callers(matrix_app, engine)
+def test_every_caller_gets_exactly_what_the_table_says(locked_app: FastAPI, engine: Engine) -> None:
+    everyone = callers(locked_app, engine)
     deviations = []
     checked = 0
-    client = TestClient(matrix_app)
-    for method, path, operation in operations(matrix_app):
+    client = TestClient(locked_app)
+    for method, path, operation in operations(locked_app):
         rule = rule_for(method, path)
         assert rule is not None
         for caller in everyone:
@@ -268,12 +248,12 @@ def test_every_caller_gets_exactly_what_the_table_says(matrix_app: FastAPI, engi
 
 
 def test_cookie_calls_without_the_csrf_token_are_refused_on_every_changing_route(
-    matrix_app: FastAPI, engine: Engine
+    locked_app: FastAPI, engine: Engine
 ) -> None:
-    client = TestClient(matrix_app)
+    client = TestClient(locked_app)
     users = {role: staff_user(engine, role) for role in StaffRole}
     tried = 0
-    for method, path, operation in operations(matrix_app):
+    for method, path, operation in operations(locked_app):
         rule = rule_for(method, path)
         assert rule is not None
         if method in ("GET", "HEAD") or rule.kind != "staff":

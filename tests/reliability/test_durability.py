@@ -1,0 +1,158 @@
+"""Durability: the web process (``mailmag serve``, a real process) is killed with SIGKILL the
+moment it has answered 2xx to a sign-up, a confirmation or a one-click unsubscribe, then
+started again. Bar: every acknowledged action is in the store afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from mailer.capture import free_port
+from subscriptions.models import Subscriber, Subscription, SubscriptionStatus
+from subscriptions.runtime import Runtime
+from subscriptions.tokens import Action
+from tests.conftest import TEST_SECRET
+from tests.reliability.conftest import record, size
+from tests.support.smtp import SMTPSink
+
+MAILMAG = str(Path(sys.executable).parent / "mailmag")
+ROUNDS = size(17, 334)  # each round: a sign-up, its confirmation, an unsubscribe: 3 kills
+
+
+class Server:
+    """``mailmag serve`` against the test's store, started again after every kill."""
+
+    def __init__(self, engine: Engine, smtp_server: SMTPSink, cwd: Path) -> None:
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.cwd = cwd
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("MAILMAG_")}
+        self.env |= {
+            "MAILMAG_DATABASE_URL": engine.url.render_as_string(hide_password=False),
+            "MAILMAG_SECRET_KEY": TEST_SECRET,
+            "MAILMAG_SMTP_HOST": smtp_server.host,
+            "MAILMAG_SMTP_PORT": str(smtp_server.port),
+            "MAILMAG_SMTP_TLS": "none",
+            "MAILMAG_SENDER_ADDRESS": "news@example.com",
+            "MAILMAG_HTTP_PORT": str(port),
+            "MAILMAG_BASE_URL": self.base,
+            "MAILMAG_SUBSCRIBE_PER_IP": "100000",
+            "MAILMAG_LOG_LEVEL": "WARNING",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kills = 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [MAILMAG, "serve"],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("mailmag serve did not become ready")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+        self.kills += 1
+
+    def acknowledged(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        """One request; the moment a 2xx arrives the process dies, then it starts again."""
+        answer = httpx.request(method, f"{self.base}{path}", timeout=10, **kwargs)  # type: ignore[arg-type]
+        assert 200 <= answer.status_code < 300, answer.text
+        self.kill()
+        self.start()
+        return answer
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def server(engine: Engine, smtp_server: SMTPSink, tmp_path: Path) -> Iterator[Server]:
+    running = Server(engine, smtp_server, tmp_path)
+    running.start()
+    yield running
+    running.stop()
+
+
+def status_of(engine: Engine, email: str) -> SubscriptionStatus | None:
+    with Session(engine) as session:
+        found = session.exec(
+            select(Subscription.status).join(Subscriber).where(Subscriber.email == email)
+        ).first()
+    return None if found is None else SubscriptionStatus(found)
+
+
+def test_no_acknowledged_action_is_lost_when_the_web_process_dies(
+    app: FastAPI, engine: Engine, server: Server
+) -> None:
+    runtime: Runtime = app.state.runtime
+    missing: list[str] = []
+    for n in range(ROUNDS):
+        email = f"durable{n}@example.org"
+        form = httpx.get(f"{server.base}/api/v1/subscribe/form", timeout=5).json()
+        server.acknowledged(
+            "POST",
+            "/api/v1/subscribe",
+            json={
+                "email": email,
+                "magazines": ["weekly"],
+                "notice_hash": form["notice_hash"],
+                "form_token": form["form_token"],
+            },
+        )
+        if status_of(engine, email) is not SubscriptionStatus.pending:
+            missing.append(f"sign-up {email}")
+            continue
+        with Session(engine) as session:
+            person = session.exec(select(Subscriber).where(Subscriber.email == email)).one()
+            confirm = runtime.links.token(Action.confirm, person)
+            unsubscribe = runtime.links.token(Action.unsubscribe, person, "weekly")
+        server.acknowledged("POST", f"/confirm/{confirm}")
+        if status_of(engine, email) is not SubscriptionStatus.confirmed:
+            missing.append(f"confirmation {email}")
+            continue
+        server.acknowledged(
+            "POST",
+            f"/u/{unsubscribe}",
+            content=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        if status_of(engine, email) is not SubscriptionStatus.unsubscribed:
+            missing.append(f"unsubscribe {email}")
+    name = "durability (kill -9 after 2xx)"
+    record(
+        name,
+        "kills right after a 2xx",
+        server.kills,
+        f">= {3 * ROUNDS}",
+        server.kills >= 3 * ROUNDS,
+    )
+    record(name, "acknowledged actions missing", len(missing), "0", not missing)
+    assert missing == []
+    assert server.kills == 3 * ROUNDS
