@@ -21,7 +21,8 @@ def confirmed_readers(engine: Engine, hasher: AddressHasher, slug: str, count: i
     now = utcnow()
     subscribers, subscriptions = table_of(Subscriber), table_of(Subscription)
     with Session(engine) as session:
-        magazine = session.exec(select(Magazine).where(Magazine.slug == slug)).one()
+        magazine_id = session.exec(select(Magazine.id).where(Magazine.slug == slug)).one()
+        assert magazine_id is not None
         for start in range(0, count, CHUNK):
             rows = []
             for n in range(start, min(count, start + CHUNK)):
@@ -46,7 +47,7 @@ def confirmed_readers(engine: Engine, hasher: AddressHasher, slug: str, count: i
                 [
                     {
                         "subscriber_id": i,
-                        "magazine_id": magazine.id,
+                        "magazine_id": magazine_id,
                         "status": "confirmed",
                         "created_at": now,
                         "confirmed_at": now,
@@ -56,5 +57,4 @@ def confirmed_readers(engine: Engine, hasher: AddressHasher, slug: str, count: i
             )
             session.commit()
     refresh_statistics(engine, "subscriber", "subscription")
-    assert magazine.id is not None
-    return magazine.id
+    return magazine_id
