@@ -50,6 +50,7 @@ def _dummy_hash() -> str:
     (made on first use: an argon2 hash takes a fifth of a second)."""
     return _hasher.hash(secrets.token_urlsafe(16))
 
+
 SESSION_COOKIE = "mm_session"
 SESSION_IDLE = timedelta(hours=2)
 SESSION_MAX = timedelta(hours=12)

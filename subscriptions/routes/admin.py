@@ -60,7 +60,7 @@ def dashboard_page(request: Request, runtime: RuntimeDep, staff: CurrentContext)
 @router.get("/progress")
 def progress(
     runtime: RuntimeDep,
-    ids: Annotated[str, Query(max_length=400, pattern=r"^\d{1,10}(,\d{1,10}){0,49}$")],
+    ids: Annotated[str, Query(max_length=500, pattern=r"^\d{1,9}(,\d{1,9}){0,49}$")],
 ) -> JSONResponse:
     """Progress of the given issues, for the bars that move while an issue goes out."""
     wanted = [int(i) for i in ids.split(",")]
