@@ -7,6 +7,7 @@ is written before the page is answered. Corrections record the fields changed an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, Response, status
@@ -18,6 +19,7 @@ from mailer.columns import RowId
 from mailer.models import Delivery, Issue
 from subscriptions import audit, consent
 from subscriptions.access import CurrentContext
+from subscriptions.audit import Actor
 from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep
 from subscriptions.errors import InvalidInput
@@ -285,6 +287,26 @@ def request_detail(
 Outcome = Annotated[str, Form(max_length=5000)]
 
 
+def _close(
+    request: Request,
+    runtime: RuntimeDep,
+    staff: CurrentContext,
+    request_id: int,
+    act: Callable[[Session, PrivacyRequest, Actor, str], None],
+    outcome: str,
+) -> Response:
+    with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
+        found = _load(session, request_id)
+        try:
+            act(session, found, actor_of(staff.user, request), outcome)
+        except InvalidInput as exc:
+            session.rollback()
+            return _request_page(request, runtime, staff, request_id, str(exc), 409)
+        session.commit()
+    runtime.wake_outbox()
+    return RedirectResponse(f"/admin/requests/{request_id}", status_code=303)
+
+
 @router.post("/requests/{request_id}/complete", response_class=HTMLResponse)
 def complete(
     request: Request,
@@ -294,16 +316,7 @@ def complete(
     outcome: Outcome = "",
 ) -> Response:
     """Perform the request (erase, stop, correct, disclose) and tell the person."""
-    with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
-        found = _load(session, request_id)
-        try:
-            runtime.desk.complete(session, found, actor_of(staff.user, request), outcome)
-        except InvalidInput as exc:
-            session.rollback()
-            return _request_page(request, runtime, staff, request_id, str(exc), 409)
-        session.commit()
-    runtime.wake_outbox()
-    return RedirectResponse(f"/admin/requests/{request_id}", status_code=303)
+    return _close(request, runtime, staff, request_id, runtime.desk.complete, outcome)
 
 
 @router.post("/requests/{request_id}/reject", response_class=HTMLResponse)
@@ -314,16 +327,8 @@ def reject(
     request_id: RowId,
     outcome: Outcome = "",
 ) -> Response:
-    with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
-        found = _load(session, request_id)
-        try:
-            runtime.desk.reject(session, found, actor_of(staff.user, request), outcome)
-        except InvalidInput as exc:
-            session.rollback()
-            return _request_page(request, runtime, staff, request_id, str(exc), 409)
-        session.commit()
-    runtime.wake_outbox()
-    return RedirectResponse(f"/admin/requests/{request_id}", status_code=303)
+    """Refuse the request, with the reason mailed to the person."""
+    return _close(request, runtime, staff, request_id, runtime.desk.reject, outcome)
 
 
 @router.post("/requests/{request_id}/resend", response_class=HTMLResponse)

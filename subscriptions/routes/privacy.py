@@ -16,20 +16,15 @@ from fastapi.responses import StreamingResponse
 from sqlmodel import Session
 
 from subscriptions.access import CurrentStaff
-from subscriptions.audit import Actor
 from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep
 from subscriptions.errors import InvalidInput
 from subscriptions.exports import export_magazine
-from subscriptions.models import StaffUser, SubscriptionStatus
+from subscriptions.models import SubscriptionStatus
+from subscriptions.routes.admin_common import actor_of
 
 router = APIRouter(prefix="/api/v1/privacy", tags=["privacy"])
 MEDIA = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
-
-
-def staff_actor(user: StaffUser, request: Request) -> Actor:
-    client = request.client.host if request.client else ""
-    return Actor(f"staff:{user.id} {user.email}", client)
 
 
 @router.get("/magazines/{slug}/subscribers")
@@ -48,7 +43,7 @@ def export_subscribers(
         with Session(for_writing(runtime.engine)) as session:
             export_magazine(
                 session,
-                staff_actor(user, request),
+                actor_of(user, request),
                 magazine=slug,
                 fields=fields.split(","),
                 fmt=fmt,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,48 +18,24 @@ import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from mailer.capture import free_port
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
-from subscriptions.app import create_app
 from subscriptions.consent import Evidence
 from subscriptions.db import for_writing
 from subscriptions.models import ConsentChannel, Magazine, StaffRole, Subscriber
 from subscriptions.runtime import Runtime
-from subscriptions.settings import Settings
-from tests.subscriptions.test_browser import CHROMIUM, CHROMIUM_ARGS, shot
+from tests.support.browser import require_chromium, shot
 from tests.support.pages import link_in
-from tests.support.server import serving
 from tests.support.smtp import SMTPSink
 from tests.support.staff import PASSWORD, add_staff, fresh_code
 
 pytestmark = pytest.mark.browser
 
-if not CHROMIUM:  # test_browser raises under CI when chromium is missing
-    pytest.skip("no chromium installed (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Dialog, Page, expect  # noqa: E402
 
 XSS = '<img src=x onerror=alert("xss")><script>alert("xss")</script>'
 READERS = 25
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def site(settings: Settings, engine: Engine) -> Iterator[tuple[str, Runtime]]:
-    port = free_port()
-    live = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})
-    app = create_app(live, engine=engine)
-    with serving(app, port) as base_url:
-        yield base_url, app.state.runtime
 
 
 def readers(runtime: Runtime, engine: Engine, count: int) -> list[Subscriber]:

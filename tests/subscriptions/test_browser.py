@@ -9,69 +9,24 @@ must run. Screenshots go to test-artifacts/ for people to look at.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from mailer.capture import free_port
-from subscriptions.app import create_app
 from subscriptions.models import Subscriber, Subscription, SubscriptionStatus, Suppression
 from subscriptions.runtime import Runtime
-from subscriptions.settings import Settings
 from subscriptions.tokens import Action
+from tests.support.browser import require_chromium, shot
 from tests.support.pages import link_in
-from tests.support.server import serving
 from tests.support.smtp import SMTPSink
-
-CHROMIUM = os.environ.get("MAILMAG_TEST_CHROMIUM") or shutil.which("chromium") or ""
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 pytestmark = pytest.mark.browser
 
-if not CHROMIUM:
-    if os.environ.get("CI"):
-        raise RuntimeError("CI must run the browser tests, but no chromium binary was found")
-    pytest.skip("no chromium installed (apt-get install chromium)", allow_module_level=True)
+require_chromium()
 
-from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def site(settings: Settings, engine: Engine) -> Iterator[tuple[str, Runtime]]:
-    port = free_port()
-    live = settings.model_copy(update={"base_url": f"http://127.0.0.1:{port}"})
-    app = create_app(live, engine=engine)
-    with serving(app, port) as base_url:
-        yield base_url, app.state.runtime
-
-
-def shot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+from playwright.sync_api import Browser, Dialog, expect  # noqa: E402
 
 
 def test_a_person_goes_through_every_self_service_step(
