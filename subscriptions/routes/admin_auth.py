@@ -13,6 +13,7 @@ import hmac
 import secrets
 from datetime import timedelta
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
@@ -133,7 +134,7 @@ def login(
     if complete:
         where = target
     elif user.totp_secret is not None:
-        where = f"/admin/login/totp?next={target}"
+        where = f"/admin/login/totp?next={quote(target, safe='/')}"
     else:
         where = "/admin/login/enrol"
     response = RedirectResponse(where, status_code=303)
