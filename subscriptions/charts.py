@@ -67,6 +67,11 @@ def _nice_max(value: float) -> float:
     return 10 * scale  # pragma: no cover (the loop always returns)
 
 
+def _axis_top(value: float) -> float:
+    """The top of a count axis with four round steps (0, 10, 20, 30, 40 for 25)."""
+    return 4 * max(1.0, _nice_max(value / 4))
+
+
 def _frame(chart: Chart, top: float, labels: Sequence[str], percent: bool) -> None:
     plot_h = chart.height - TOP - BOTTOM
     for i in range(5):
@@ -87,7 +92,7 @@ def line_chart(title: str, labels: Sequence[str], series: Sequence[Series]) -> C
     if not values or not labels:
         chart.empty = True
         return chart
-    top = _nice_max(max(values))
+    top = _axis_top(max(values))
     _frame(chart, top, labels, percent=False)
     plot_w, plot_h = chart.width - LEFT - RIGHT, chart.height - TOP - BOTTOM
     step = plot_w / max(1, len(labels))
@@ -111,7 +116,7 @@ def bar_chart(
     if not values or not labels:
         chart.empty = True
         return chart
-    top = _nice_max(max(values)) if not percent else max(0.01, _nice_max(max(values)))
+    top = _axis_top(max(values)) if not percent else max(0.01, _nice_max(max(values)))
     _frame(chart, top, labels, percent=percent)
     plot_w, plot_h = chart.width - LEFT - RIGHT, chart.height - TOP - BOTTOM
     group = plot_w / len(labels)
