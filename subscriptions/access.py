@@ -154,6 +154,7 @@ TABLE: dict[str, Rule] = {
     "POST /admin/requests/{request_id}/complete": PRIVACY,
     "POST /admin/requests/{request_id}/reject": PRIVACY,
     "POST /admin/requests/{request_id}/resend": PRIVACY,
+    "GET /admin/transfers": PRIVACY,
     "GET /admin/audit": PRIVACY,
     "GET /admin/audit/export": PRIVACY,
     # registries

@@ -20,7 +20,7 @@ from subscriptions import audit, dashboard
 from subscriptions.access import CurrentContext
 from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep
-from subscriptions.models import AuditEvent, Magazine, NoticeVersion, localised
+from subscriptions.models import AuditEvent, Magazine, NoticeVersion, TransferRecord, localised
 from subscriptions.paths import PROJECT_ROOT
 from subscriptions.routes.admin_common import actor_of, render, secure
 
@@ -192,6 +192,22 @@ def notice_diff(
         {"old": old, "new": new, "pieces": pieces, "ratio": matcher.ratio()},
         staff=staff,
     )
+
+
+@router.get("/transfers", response_class=HTMLResponse)
+def transfers(
+    request: Request,
+    runtime: RuntimeDep,
+    staff: CurrentContext,
+    before: RowId | None = None,
+) -> Response:
+    """Every hand-off of personal data (to processors, joint users), newest first."""
+    query = select(TransferRecord).order_by(col(TransferRecord.id).desc()).limit(100)
+    if before:
+        query = query.where(col(TransferRecord.id) < before)
+    with Session(runtime.engine) as session:
+        rows = session.exec(query).all()
+    return render(request, "admin/transfers.html", {"rows": rows}, staff=staff)
 
 
 # --- the audit log ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ MENU = (
     ("/admin/issues", "Issues"),
     ("/admin/subscribers", "Subscribers"),
     ("/admin/requests", "Requests"),
+    ("/admin/transfers", "Transfers"),
     ("/admin/registries", "Registries"),
     ("/admin/audit", "Audit log"),
     ("/admin/staff", "Staff"),

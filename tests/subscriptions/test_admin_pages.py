@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -25,6 +26,7 @@ from subscriptions.models import (
 )
 from subscriptions.notice import Notice, record_notice
 from subscriptions.runtime import Runtime
+from subscriptions.transfers import record_transfer
 from tests.mailer.test_sending import seed
 from tests.support.staff import add_staff, login
 
@@ -119,3 +121,29 @@ def test_searching_subscribers_is_an_audited_read_and_the_export_audits_itself(
     with Session(engine) as session:
         actions = session.exec(select(AuditEvent.action).order_by(col(AuditEvent.seq))).all()
     assert actions.count("staff.login") == 1
+
+
+def test_the_privacy_officer_sees_every_transfer_record(
+    client: TestClient, app: FastAPI, engine: Engine
+) -> None:
+    _issue, people = seed(app, engine, 2)
+    with Session(for_writing(engine)) as session:
+        record_transfer(
+            session,
+            party="sakura-america",
+            party_kind="joint_user",
+            fields=["email", "name"],
+            people=[(p.id, p.address_digest) for p in people],
+            purpose="joint_use",
+            legal_basis="consent (APPI Art. 27(5)(iii))",
+            triggered_by="cli:test",
+        )
+        session.commit()
+    email, seed_ = add_staff(engine, StaffRole.privacy_officer, runtime_of(app).secret_box())
+    login(client, email, seed_)
+    page = client.get("/admin/transfers")
+    assert page.status_code == 200
+    row = re.search(r"<td>sakura-america</td>.*?</tr>", page.text, re.S)
+    assert row is not None
+    assert "<td>email,name</td>" in row.group(0)
+    assert '<td class="num">2</td>' in row.group(0)
