@@ -41,7 +41,7 @@ from mailer.errors import TemplateRefused
 
 MAX_OUTPUT = 1_000_000  # characters of one rendered part
 MAX_VALUE = MAX_OUTPUT  # characters (or items) any one operation may build
-MAX_SECONDS = 0.5  # checked between output chunks: a refusal comes well within a second
+MAX_SECONDS = 0.3  # per render, checked between output chunks
 MAX_SOURCE = 200_000
 MAX_REPEAT = 100_000  # longest string or list a single * may build
 MAX_POWER = 1_000
