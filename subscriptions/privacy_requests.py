@@ -30,7 +30,7 @@ from subscriptions import audit
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.audit import Actor
 from subscriptions.consent import Evidence
-from subscriptions.errors import InvalidInput
+from subscriptions.errors import BadToken, InvalidInput
 from subscriptions.i18n import N_
 from subscriptions.links import Links
 from subscriptions.models import (
@@ -147,13 +147,14 @@ class Desk:
             verify_url=f"{self.links.policy.base_url.rstrip('/')}/verify/{token}",
         )
 
-    def read_verification(self, session: Session, token: str) -> PrivacyRequest | None:
-        """The request a verification link names (BadToken for a forged or old link)."""
-        subject, digest = self.links.signer.read(
-            Action.verify, token, max_age=int(self.links.max_age(Action.verify).total_seconds())
-        )
+    def read_verification(self, session: Session, token: str) -> PrivacyRequest:
+        """The request a verification link names; ``BadToken`` for a forged or old link, or
+        one whose request is gone."""
+        subject, digest = self.links.read(Action.verify, token)
         request = session.get(PrivacyRequest, int(subject)) if subject.isdigit() else None
-        return request if request is not None and request.subject_digest == digest else None
+        if request is None or request.subject_digest != digest:
+            raise BadToken(N_("This link is not valid."))
+        return request
 
     def verify(self, session: Session, request: PrivacyRequest) -> None:
         if request.status is RequestStatus.awaiting_verification:
@@ -279,11 +280,7 @@ class Desk:
     # --- disclosure -----------------------------------------------------------------------------
 
     def disclosure(self, session: Session, token: str) -> tuple[Subscriber, dict[str, Any]] | None:
-        key, request_id = self.links.signer.read(
-            Action.disclosure,
-            token,
-            max_age=int(self.links.max_age(Action.disclosure).total_seconds()),
-        )
+        key, request_id = self.links.read(Action.disclosure, token)
         subscriber = session.exec(select(Subscriber).where(Subscriber.token_key == key)).first()
         if subscriber is None:
             return None
