@@ -156,7 +156,7 @@ def test_fuzzing_finds_no_server_error_schema_break_or_open_door(
             token = credential_for(engine, rule.kind, rule.roles, str(index))
         for mode in MODES:
             fuzzer.fuzz(operation, mode, token, guarded)
-    name = "API fuzzing (schemathesis)"
+    name = f"API fuzzing (schemathesis) [{engine.dialect.name}]"
     record(name, "cases sent", fuzzer.sent, f">= {CASES}", fuzzer.sent >= CASES)
     record(name, "operations", len(operations), "all in the spec", True)
     record(name, "server errors", len(fuzzer.server_errors), "0", not fuzzer.server_errors)

@@ -75,7 +75,7 @@ def test_a_worker_killed_again_and_again_loses_no_one(
     lost = {p.email for p in people} - set(received)
     duplicates = sum(received.values()) - len(received)
     slowest = max(resumes, default=0.0)
-    name = "kill -9 loop"
+    name = f"kill -9 loop [{engine.dialect.name}]"
     record(name, "kills", kills, str(KILLS), kills == KILLS)
     record(name, "lost", len(lost), "0", not lost)
     record(

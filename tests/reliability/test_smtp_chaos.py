@@ -135,7 +135,7 @@ def test_no_recipient_is_lost_to_a_misbehaving_server(
         or failed[email][0] != 550
         or reply[4:] not in (failed[email][1] or "")
     ]
-    name = "SMTP chaos"
+    name = f"SMTP chaos [{engine.dialect.name}]"
     record(name, "recipients", len(rows), str(RECIPIENTS), len(rows) == RECIPIENTS)
     record(name, "faults injected", dict(sorted(chaos.events.items())).__repr__(), "-", True)
     record(name, "lost", len(lost), "0", not lost)

@@ -104,7 +104,7 @@ def test_hostile_templates_are_refused_at_save_preview_and_send(
             assert found is not None
             if found.status is not IssueStatus.draft:
                 accepted.append(f"send started: {source[:60]}")
-    name = "template injection"
+    name = f"template injection [{engine.dialect.name}]"
     record(name, "hostile templates x (save, preview, send)", f"{len(CORPUS)} x 3", "all", True)
     record(name, "accepted", len(accepted), "0", not accepted)
     record(name, "slowest refusal (s)", round(slowest, 3), "<= 1", slowest <= MAX_SECONDS)
