@@ -67,7 +67,8 @@ class Server:
 
     def start(self) -> None:
         began = time.monotonic()
-        assert self.forks.stdin is not None and self.forks.stdout is not None
+        assert self.forks.stdin is not None
+        assert self.forks.stdout is not None
         self.forks.stdin.write("serve\n")
         self.forks.stdin.flush()
         self.pid = int(self.forks.stdout.readline())
