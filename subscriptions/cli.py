@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from fastapi import FastAPI
 from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
@@ -101,6 +102,29 @@ def serve(
     start_logging(settings)
     settings.resolved_secret()
     engine = store_for(settings)
+    listen_host = host or settings.http_host
+    listen_port = port or settings.http_port
+    if settings.web_processes > 1:
+        if settings.captures_mail:
+            raise ConfigurationError(
+                "MAILMAG_WEB_PROCESSES: more than one web process needs an SMTP relay "
+                "(MAILMAG_SMTP_HOST); the capture server belongs to a single process"
+            )
+        engine.dispose()
+        out.print(
+            f"mailmag serving on http://{listen_host}:{listen_port} with "
+            f"{settings.web_processes} processes  (database {engine.url})"
+        )
+        uvicorn.run(
+            "subscriptions.cli:web_app",
+            factory=True,
+            workers=settings.web_processes,
+            host=listen_host,
+            port=listen_port,
+            log_config=None,
+            log_level=settings.log_level.lower(),
+        )
+        return
     web = create_app(settings, engine=engine)
     runtime = web.state.runtime
     try:
@@ -110,8 +134,6 @@ def serve(
             f"MAILMAG_CAPTURE_SMTP_PORT: cannot listen on 127.0.0.1:"
             f"{settings.capture_smtp_port}: {exc.strerror or exc}"
         ) from None
-    listen_host = host or settings.http_host
-    listen_port = port or settings.http_port
     out.print(f"mailmag serving on http://{listen_host}:{listen_port}  (database {engine.url})")
     if runtime.capture is not None:
         out.print(
@@ -125,6 +147,14 @@ def serve(
         log_config=None,
         log_level=settings.log_level.lower(),
     )
+
+
+def web_app() -> FastAPI:
+    """The app of one of several web processes (``MAILMAG_WEB_PROCESSES``): uvicorn starts
+    each process afresh, and each builds its own from the environment."""
+    settings = load_settings()
+    start_logging(settings)
+    return create_app(settings, engine=store_for(settings))
 
 
 @app.command()

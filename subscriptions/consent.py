@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, insert, update
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
@@ -102,44 +103,64 @@ def locked_head(session: Session, chain: str = CHAIN) -> LedgerHead:
     return head
 
 
-def append(
-    session: Session,
+_EVENTS = table_of(ConsentEvent)
+_HEADS = table_of(LedgerHead)
+_HEAD = select(_HEADS.c.seq, _HEADS.c.last_hash).where(_HEADS.c.name == CHAIN).with_for_update()
+_MOVE_HEAD = (
+    update(_HEADS)
+    .where(_HEADS.c.name == CHAIN)
+    .values(seq=bindparam("new_seq"), last_hash=bindparam("new_hash"))
+)
+
+
+def _tip(conn: Connection) -> tuple[int, str]:
+    """The consent chain's length and last hash, its head row locked until the transaction
+    ends."""
+    head = conn.execute(_HEAD).one_or_none()
+    if head is None:  # the migration creates it; a missing head is tampering
+        raise RuntimeError(f"the {CHAIN} ledger head is missing")
+    return int(head.seq), str(head.last_hash)
+
+
+def append_event(
+    conn: Connection,
     *,
-    subscriber: Subscriber,
+    subscriber_id: int | None,
     subject_digest: str,
     purpose: ConsentPurpose,
     action: ConsentAction,
     evidence: Evidence,
     scope: str = "",
     occurred_at: datetime | None = None,
-) -> ConsentEvent:
-    """Add one event at the end of the chain, in the caller's transaction."""
-    head = locked_head(session)
+) -> None:
+    """Add one event at the end of the chain, in the transaction of ``conn`` (an ORM caller
+    flushes first and passes ``session.connection()``): the head locked and read, the row
+    inserted, the head moved, without the ORM (a one-click unsubscribe runs this)."""
+    seq, prev = _tip(conn)
     ip = evidence.ip[:45] if evidence.ip else None
     user_agent = evidence.user_agent[:512] if evidence.user_agent else None
-    event = ConsentEvent(
-        seq=head.seq + 1,
-        subscriber_id=subscriber.id,
-        subject_digest=subject_digest,
-        purpose=purpose,
-        scope=scope,
-        action=action,
-        channel=evidence.channel,
-        notice_hash=evidence.notice_hash,
+    row: dict[str, Any] = {
+        "seq": seq + 1,
+        "subscriber_id": subscriber_id,
+        "subject_digest": subject_digest,
+        "purpose": purpose.value,
+        "scope": scope,
+        "action": action.value,
+        "channel": evidence.channel.value,
+        "notice_hash": evidence.notice_hash,
         # microsecond precision is what both databases keep, so the hash survives storage
-        occurred_at=occurred_at or utcnow(),
-        ip=ip,
-        user_agent=user_agent,
-        personal_digest=personal_digest(ip, user_agent),
-        prev_hash=head.last_hash,
-        row_hash="",
-    )
-    event.row_hash = row_hash(event)
-    head.seq = event.seq
-    head.last_hash = event.row_hash
-    session.add(event)
-    session.add(head)
-    return event
+        "occurred_at": occurred_at or utcnow(),
+        "ip": ip,
+        "user_agent": user_agent,
+        "personal_digest": personal_digest(ip, user_agent),
+        "personal_erased": False,
+        "purged": False,
+        "import_batch_id": None,
+        "prev_hash": prev,
+    }
+    row["row_hash"] = _hash_row(**row)
+    conn.execute(insert(_EVENTS), row)
+    conn.execute(_MOVE_HEAD, {"new_seq": row["seq"], "new_hash": row["row_hash"]})
 
 
 def append_many(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -149,8 +170,9 @@ def append_many(session: Session, rows: list[dict[str, Any]]) -> None:
     assigned here, in order, under the same head lock as ``append``."""
     if not rows:
         return
-    head = locked_head(session)
-    seq, prev = head.seq, head.last_hash
+    session.flush()
+    conn = session.connection()
+    seq, prev = _tip(conn)
     for row in rows:
         seq += 1
         row["seq"] = seq
@@ -160,9 +182,8 @@ def append_many(session: Session, rows: list[dict[str, Any]]) -> None:
         row["purged"] = False
         row["prev_hash"] = prev
         prev = row["row_hash"] = _hash_row(**row)
-    session.connection().execute(table_of(ConsentEvent).insert(), rows)
-    head.seq, head.last_hash = seq, prev
-    session.add(head)
+    conn.execute(insert(_EVENTS), rows)
+    conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
 
 
 def erase_personal_fields(session: Session, *, subscriber_id: int) -> int:

@@ -14,6 +14,8 @@ worker in the same process.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from typing import Any
 
@@ -42,17 +44,29 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class _WriterTurn:
-    """Writers of one process take turns on a fair lock before ``BEGIN IMMEDIATE``.
+    """Writers take turns on a fair lock before ``BEGIN IMMEDIATE``: threads of one process
+    on a lock in memory, processes on one database on an ``flock`` of a file beside it.
 
     SQLite's own wait for its write lock is a busy loop that sleeps up to 100 ms between
-    tries, so many threads of one process contending for it lose most of their time asleep.
-    Queueing them here first leaves SQLite's wait to writers in other processes. A plain
-    lock, not a re-entrant one: a transaction may end in another thread than it began in (a
-    request's session is closed by its dependency); one that opens a second write transaction
-    while holding its turn fails after the busy timeout, as it would in SQLite."""
+    tries, so writers contending for it lose most of their time asleep (a web request
+    waited a second behind another process's commit). Queueing here first, where a waiter
+    wakes the moment the lock is free, leaves SQLite's wait to writers that do not take the
+    turn (an older mailmag, the sqlite3 shell). A plain lock, not a re-entrant one: a
+    transaction may end in another thread than it began in (a request's session is closed
+    by its dependency); one that opens a second write transaction while holding its turn
+    fails after the busy timeout, as it would in SQLite."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock_path: str | None) -> None:
         self.lock = threading.Lock()
+        self.lock_path = lock_path
+        self._file: int | None = None
+
+    def _file_lock(self) -> int | None:
+        if self.lock_path is None:
+            return None
+        if self._file is None:
+            self._file = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return self._file
 
     def begin(self, conn: Any) -> None:
         mode = conn.get_execution_options().get(BEGIN_OPTION, "DEFERRED")
@@ -61,6 +75,9 @@ class _WriterTurn:
                 raise StoreError("database is locked: no turn to write within the busy timeout")
             conn.info[_HOLDS_TURN] = True
             try:
+                shared = self._file_lock()
+                if shared is not None:
+                    fcntl.flock(shared, fcntl.LOCK_EX)
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             except BaseException:
                 self.end(conn)
@@ -70,6 +87,8 @@ class _WriterTurn:
 
     def end(self, conn: Any) -> None:
         if conn.info.pop(_HOLDS_TURN, False):
+            if self._file is not None:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
             self.lock.release()
 
 
@@ -81,7 +100,9 @@ def make_engine(url: URL | str, **kwargs: Any) -> Engine:
     options = {} if "poolclass" in kwargs else _default_options(url)
     engine = create_engine(url, **(options | kwargs))
     if engine.dialect.name == "sqlite":
-        turn = _WriterTurn()
+        database = engine.url.database or ""
+        on_disk = database not in ("", ":memory:") and not database.startswith("file:")
+        turn = _WriterTurn(f"{database}-writer.lock" if on_disk else None)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", turn.begin)
         event.listen(engine, "commit", turn.end)
@@ -91,7 +112,13 @@ def make_engine(url: URL | str, **kwargs: Any) -> Engine:
 
 def _default_options(url: URL | str) -> dict[str, Any]:
     if str(url).startswith("sqlite"):
-        return {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        # Enough kept connections for the request threads and the loops: a connection over the
+        # pool's size is closed on return, and opening one costs its PRAGMAs.
+        return {
+            "connect_args": {"check_same_thread": False, "timeout": 30},
+            "pool_size": 20,
+            "max_overflow": 20,
+        }
     return {"pool_size": 10, "max_overflow": 10, "pool_pre_ping": True}
 
 

@@ -15,15 +15,18 @@ subscription row, their state is the latest event in the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
+from sqlalchemy import update
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, select
 
 from mailer.clock import utcnow
 from subscriptions import consent, parties
 from subscriptions.addresses import AddressHasher
 from subscriptions.consent import Evidence
+from subscriptions.db import table_of
 from subscriptions.models import (
     ConsentAction,
     ConsentEvent,
@@ -33,8 +36,10 @@ from subscriptions.models import (
     Subscription,
     SubscriptionStatus,
 )
+from subscriptions.parties import Person
 
 LIVE = (SubscriptionStatus.pending, SubscriptionStatus.confirmed)
+_SUBSCRIPTIONS = table_of(Subscription)
 
 
 class Lifecycle:
@@ -50,12 +55,13 @@ class Lifecycle:
         evidence: Evidence,
         scope: str = "",
         at: datetime | None = None,
-    ) -> ConsentEvent:
+    ) -> None:
         if action is ConsentAction.withdrawn:
             parties.notify(session, subscriber, purpose, scope, evidence.channel)
-        return consent.append(
-            session,
-            subscriber=subscriber,
+        session.flush()  # the subscriber row (and anything else pending) before its event
+        consent.append_event(
+            session.connection(),
+            subscriber_id=subscriber.id,
             subject_digest=self.hasher.digest(subscriber.email),
             purpose=purpose,
             scope=scope,
@@ -157,28 +163,65 @@ class Lifecycle:
         status: SubscriptionStatus = SubscriptionStatus.unsubscribed,
     ) -> int:
         """Stop the given subscriptions at once (unsubscribe, complaint, erasure)."""
-        assert status in (SubscriptionStatus.unsubscribed, SubscriptionStatus.suppressed)
-        current = self.subscriptions(session, subscriber)
-        now = utcnow()
-        ended = 0
-        for magazine in magazines:
-            subscription = current.get(magazine.id or 0)
-            if subscription is None or subscription.status not in LIVE:
-                continue
-            subscription.status = status
-            subscription.ended_at = now
-            session.add(subscription)
-            self._event(
-                session,
-                subscriber,
-                ConsentPurpose.magazine,
-                ConsentAction.withdrawn,
-                evidence,
-                scope=magazine.slug,
-                at=now,
-            )
-            ended += 1
+        assert subscriber.id is not None
+        session.flush()
+        ended = self.end_on(
+            session.connection(),
+            Person(subscriber.id, subscriber.email, subscriber.address_digest),
+            {m.id or 0: m.slug for m in magazines},
+            evidence,
+            status,
+        )
+        for held in list(session.identity_map.values()):  # their copies are stale now
+            if isinstance(held, Subscription) and held.subscriber_id == subscriber.id:
+                session.expire(held)
         return ended
+
+    def end_on(
+        self,
+        conn: Connection,
+        person: Person,
+        magazines: Mapping[int, str],
+        evidence: Evidence,
+        status: SubscriptionStatus = SubscriptionStatus.unsubscribed,
+    ) -> int:
+        """``end`` on a connection, in its transaction: the live subscriptions among
+        ``magazines`` (id to slug) end, each with its withdrawal in the ledger and notices
+        to the parties that hold the address. An ended one is left as it is, so a repeated
+        request changes nothing."""
+        assert status in (SubscriptionStatus.unsubscribed, SubscriptionStatus.suppressed)
+        if not magazines:
+            return 0
+        now = utcnow()
+        ended = conn.execute(
+            update(_SUBSCRIPTIONS)
+            .where(
+                _SUBSCRIPTIONS.c.subscriber_id == person.id,
+                _SUBSCRIPTIONS.c.magazine_id.in_(list(magazines)),
+                _SUBSCRIPTIONS.c.status.in_(LIVE),
+            )
+            .values(status=status, ended_at=now)
+            .returning(_SUBSCRIPTIONS.c.magazine_id)
+        ).scalars()
+        order = list(magazines)
+        digest = self.hasher.digest(person.email)
+        count = 0
+        for magazine_id in sorted(ended, key=order.index):
+            slug = magazines[magazine_id]
+            purpose = ConsentPurpose.magazine
+            parties.notify_holders(conn, person, purpose, slug, evidence.channel)
+            consent.append_event(
+                conn,
+                subscriber_id=person.id,
+                subject_digest=digest,
+                purpose=purpose,
+                action=ConsentAction.withdrawn,
+                evidence=evidence,
+                scope=slug,
+                occurred_at=now,
+            )
+            count += 1
+        return count
 
     # --- joint use and foreign transfer ------------------------------------------------------
 

@@ -11,11 +11,15 @@ same in two steps (``pending`` then ``acknowledge``), so a lost answer loses no 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, text
+from sqlalchemy import bindparam, delete, insert, text
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
+from mailer.clock import utcnow
+from subscriptions.db import table_of
 from subscriptions.models import (
     ConsentChannel,
     ConsentPurpose,
@@ -40,11 +44,11 @@ _HOLDERS = text(
 )
 
 
-def holders(session: Session, subscriber_id: int) -> set[tuple[str, str]]:
+def holders(conn: Session | Connection, subscriber_id: int) -> set[tuple[str, str]]:
     """(party, kind) pairs that received this person's data: processors a message to them was
     handed to (or is with), joint users that received them in an export. One query: it runs
     on every withdrawal."""
-    rows = session.execute(_HOLDERS, {"subscriber": subscriber_id}).all()
+    rows = conn.execute(_HOLDERS, {"subscriber": subscriber_id}).all()
     return {(party, kind) for party, kind in rows if party}
 
 
@@ -58,13 +62,48 @@ def notify(
     """Queue the notices one withdrawal calls for; return how many were written."""
     if subscriber.id is None:
         return 0
+    session.flush()
+    return notify_holders(
+        session.connection(),
+        Person(subscriber.id, subscriber.email, subscriber.address_digest),
+        purpose,
+        scope,
+        channel,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """What a notice needs of the person who withdrew."""
+
+    id: int
+    email: str
+    address_digest: str
+
+
+_NOTICES = table_of(PartyNotice)
+_PENDING = select(_NOTICES.c.id).where(
+    _NOTICES.c.party == bindparam("party"),
+    _NOTICES.c.subject_digest == bindparam("digest"),
+    _NOTICES.c.change == bindparam("change"),
+)
+
+
+def notify_holders(
+    conn: Connection,
+    person: Person,
+    purpose: ConsentPurpose,
+    scope: str,
+    channel: ConsentChannel,
+) -> int:
+    """``notify`` on a connection, in its transaction, without the ORM."""
     change = (
         "erased"
         if channel is ConsentChannel.erasure
         else (f"{purpose.value} withdrawn" + (f" ({scope})" if scope else ""))
     )
     written = 0
-    for party, kind in sorted(holders(session, subscriber.id)):
+    for party, kind in sorted(holders(conn, person.id)):
         concerned = (
             channel in EVERYONE
             or (kind == "processor" and purpose is ConsentPurpose.magazine)
@@ -72,21 +111,18 @@ def notify(
         )
         if not concerned:
             continue
-        pending = session.exec(
-            select(PartyNotice.id)
-            .where(PartyNotice.party == party)
-            .where(PartyNotice.subject_digest == subscriber.address_digest)
-            .where(PartyNotice.change == change)
-        ).first()
-        if pending is None:
-            session.add(
-                PartyNotice(
-                    party=party,
-                    party_kind=kind,
-                    subject_digest=subscriber.address_digest,
-                    address=subscriber.email,
-                    change=change,
-                )
+        key = {"party": party, "digest": person.address_digest, "change": change}
+        if conn.execute(_PENDING, key).first() is None:
+            conn.execute(
+                insert(_NOTICES),
+                {
+                    "party": party,
+                    "party_kind": kind,
+                    "subject_digest": person.address_digest,
+                    "address": person.email,
+                    "change": change,
+                    "created_at": utcnow(),
+                },
             )
             written += 1
     return written

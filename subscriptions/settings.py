@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     )
     http_host: str = "127.0.0.1"
     http_port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    web_processes: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=1,
+        description="Web processes of `mailmag serve`, sharing its port. One Python process "
+        "uses one core; set it to the number of cores for the public endpoints' full "
+        "throughput. Each also runs a delivery worker and the system-mail outbox. More "
+        "than one needs an SMTP relay (MAILMAG_SMTP_HOST): the embedded capture server "
+        "belongs to a single process.",
+    )
 
     smtp_host: str | None = Field(default=None, description="Relay host; unset = capture mail.")
     smtp_port: Annotated[int, Field(ge=1, le=65535)] = 587

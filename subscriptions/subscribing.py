@@ -17,10 +17,12 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import delete
+from sqlalchemy import bindparam, delete
+from sqlalchemy import select as core_select
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -31,9 +33,10 @@ from mailer.verp import TOKEN_LENGTH, DeliveryTokens
 from subscriptions import consent
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.consent import Evidence
+from subscriptions.db import table_of
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import N_
-from subscriptions.lifecycle import Lifecycle
+from subscriptions.lifecycle import LIVE, Lifecycle
 from subscriptions.links import Links
 from subscriptions.models import (
     ConsentAction,
@@ -48,6 +51,7 @@ from subscriptions.models import (
     localised,
 )
 from subscriptions.notice import NoticeBook, record_notice
+from subscriptions.parties import Person
 from subscriptions.registry import Registry
 from subscriptions.system_mail import SystemMailer
 from subscriptions.tokens import Action
@@ -98,6 +102,39 @@ class Client:
 
     ip: str | None
     user_agent: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribing:
+    """The person an unsubscribe link names, and the live subscriptions (magazine id to slug)
+    it would end."""
+
+    person: Person
+    token_key: str
+    scope: str
+    live: dict[int, str]
+
+
+_PEOPLE = table_of(Subscriber)
+_SUBJECT = (_PEOPLE.c.id, _PEOPLE.c.email, _PEOPLE.c.address_digest, _PEOPLE.c.token_key)
+_KEY_SUBJECT = core_select(*_SUBJECT).where(_PEOPLE.c.token_key == bindparam("key"))
+_DELIVERY_SUBJECT = (
+    core_select(*_SUBJECT, table_of(Magazine).c.slug)
+    .select_from(table_of(Delivery))
+    .join(table_of(Issue), table_of(Issue).c.id == table_of(Delivery).c.issue_id)
+    .join(table_of(Magazine), table_of(Magazine).c.id == table_of(Issue).c.magazine_id)
+    .outerjoin(_PEOPLE, _PEOPLE.c.id == table_of(Delivery).c.subscriber_id)
+    .where(table_of(Delivery).c.id == bindparam("delivery"))
+)
+_LIVE_ALL = (
+    core_select(table_of(Subscription).c.magazine_id, table_of(Magazine).c.slug)
+    .join(table_of(Magazine), table_of(Magazine).c.id == table_of(Subscription).c.magazine_id)
+    .where(
+        table_of(Subscription).c.subscriber_id == bindparam("id"),
+        table_of(Subscription).c.status.in_(LIVE),
+    )
+)
+_LIVE_ONE = _LIVE_ALL.where(table_of(Magazine).c.slug == bindparam("slug"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +370,33 @@ class OptIn:
                 raise BadToken(N_("This link has expired."))
             return subscriber, ""
         return subscriber, slug
+
+    def unsubscribing(self, conn: Connection, token: str) -> Unsubscribing:
+        """Whom an unsubscribe link names and which of their live subscriptions it covers (a
+        magazine's, or all with an empty scope), read on ``conn`` in two queries without the
+        ORM: the one-click path. ``BadToken`` for a link that is not good."""
+        row: Any = None
+        if len(token) == TOKEN_LENGTH:
+            delivery_id = self.deliveries.read(token)
+            if delivery_id is not None:
+                row = conn.execute(_DELIVERY_SUBJECT, {"delivery": delivery_id}).first()
+            if row is None:
+                raise BadToken(N_("This link is not valid."))
+            if row.id is None:
+                raise BadToken(N_("This link is no longer valid."))
+            scope = str(row.slug)
+        else:
+            key, scope = self.links.read(Action.unsubscribe, token)
+            row = conn.execute(_KEY_SUBJECT, {"key": key}).first()
+            if row is None:
+                raise BadToken(N_("This link is no longer valid."))
+        live = conn.execute(_LIVE_ALL if not scope else _LIVE_ONE, {"id": row.id, "slug": scope})
+        return Unsubscribing(
+            Person(row.id, row.email, row.address_digest),
+            row.token_key,
+            scope,
+            {int(magazine_id): str(slug) for magazine_id, slug in live},
+        )
 
     def pending_titles(self, session: Session, subscriber: Subscriber, locale: str) -> list[str]:
         rows = session.exec(

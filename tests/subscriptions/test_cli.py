@@ -9,12 +9,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
 from mailer.capture import free_port
+from tests.support.smtp import SMTPSink
 
 MAILMAG = str(Path(sys.executable).parent / "mailmag")
 
@@ -92,18 +94,16 @@ def test_admin_create_makes_an_account_once(tmp_path: Path) -> None:
     assert "password" in weak.stderr
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """``mailmag migrate`` then ``mailmag serve`` on the embedded defaults, free ports."""
-    http_port, smtp_port = free_port(), free_port()
-    env = {"MAILMAG_HTTP_PORT": str(http_port), "MAILMAG_CAPTURE_SMTP_PORT": str(smtp_port)}
+@contextmanager
+def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``mailmag migrate`` then ``mailmag serve`` with ``env``, until it answers /readyz."""
     assert run(["migrate"], tmp_path, env).returncode == 0
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILMAG_")}
     log = (tmp_path / "serve.log").open("w")  # a file, not a pipe: a full pipe would block it
     process = subprocess.Popen(
         [MAILMAG, "serve"], cwd=tmp_path, env=clean | env, stdout=log, stderr=subprocess.STDOUT
     )
-    base = f"http://127.0.0.1:{http_port}"
+    base = f"http://127.0.0.1:{env['MAILMAG_HTTP_PORT']}"
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -116,11 +116,77 @@ def served(tmp_path: Path) -> Iterator[tuple[str, int]]:
                 output = (tmp_path / "serve.log").read_text()
                 pytest.fail(f"mailmag serve did not become ready: {output}")
             time.sleep(0.1)
-        yield base, smtp_port
+        yield process
     finally:
         process.terminate()
         process.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """``mailmag serve`` on the embedded defaults, free ports."""
+    http_port, smtp_port = free_port(), free_port()
+    env = {"MAILMAG_HTTP_PORT": str(http_port), "MAILMAG_CAPTURE_SMTP_PORT": str(smtp_port)}
+    with serving(tmp_path, env):
+        yield f"http://127.0.0.1:{http_port}", smtp_port
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def test_serve_runs_several_web_processes_on_one_port(
+    tmp_path: Path, smtp_server: SMTPSink
+) -> None:
+    http_port = free_port()
+    env = {
+        "MAILMAG_HTTP_PORT": str(http_port),
+        "MAILMAG_WEB_PROCESSES": "2",
+        "MAILMAG_SMTP_HOST": smtp_server.host,
+        "MAILMAG_SMTP_PORT": str(smtp_server.port),
+        "MAILMAG_SMTP_TLS": "none",
+        "MAILMAG_SENDER_ADDRESS": "news@example.com",
+    }
+    base = f"http://127.0.0.1:{http_port}"
+    with serving(tmp_path, env) as process:
+        deadline = time.monotonic() + 20
+        while len(children_of(process.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(children_of(process.pid)) >= 2
+        for n in range(4):  # whichever process takes each, the sign-up is stored and mailed
+            form = httpx.get(f"{base}/api/v1/subscribe/form", timeout=5).json()
+            answer = httpx.post(
+                f"{base}/api/v1/subscribe",
+                json={
+                    "email": f"reader{n}@example.org",
+                    "magazines": ["weekly"],
+                    "notice_hash": form["notice_hash"],
+                    "form_token": form["form_token"],
+                },
+                timeout=5,
+            )
+            assert answer.status_code == 202, answer.text
+        smtp_server.wait_for(4, timeout=20)
+        assert {m.rcpt_tos for m in smtp_server.received} == {
+            (f"reader{n}@example.org",) for n in range(4)
+        }
+
+
+def test_serve_refuses_several_web_processes_without_a_relay(tmp_path: Path) -> None:
+    assert run(["migrate"], tmp_path).returncode == 0
+    result = run(["serve"], tmp_path, {"MAILMAG_WEB_PROCESSES": "2"})
+    assert result.returncode == 2
+    assert "MAILMAG_WEB_PROCESSES" in result.stderr
 
 
 def test_serve_runs_on_embedded_defaults_and_shows_captured_mail(
