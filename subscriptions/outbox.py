@@ -14,14 +14,13 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from mailer.clock import utcnow
 from mailer.columns import UTCDateTime
 from mailer.transport import Envelope, Outcome, Transport
-from subscriptions.db import for_writing
+from subscriptions.db import for_writing, table_of
 from subscriptions.models import SystemMail, SystemMailStatus
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,39 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 BATCH = 50
 LEASE = timedelta(minutes=5)
+
+
+_MAILS = table_of(SystemMail)
+_QUEUED = (_MAILS.c.id == bindparam("mail"), _MAILS.c.status == SystemMailStatus.queued)
+_SENT = (
+    update(_MAILS)
+    .where(*_QUEUED)
+    .values(
+        status=SystemMailStatus.sent,
+        sent_at=bindparam("now"),
+        attempts=_MAILS.c.attempts + 1,
+        last_error=None,
+    )
+)
+_ATTEMPTS = select(_MAILS.c.attempts).where(*_QUEUED)
+_FAILED = (
+    update(_MAILS)
+    .where(*_QUEUED)
+    .values(
+        status=SystemMailStatus.failed,
+        attempts=_MAILS.c.attempts + 1,
+        last_error=bindparam("reply"),
+    )
+)
+_DEFERRED = (
+    update(_MAILS)
+    .where(*_QUEUED)
+    .values(
+        next_attempt_at=bindparam("next"),
+        attempts=_MAILS.c.attempts + 1,
+        last_error=bindparam("reply"),
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,21 +110,23 @@ class OutboxSender:
         )
 
     def _record(self, mail_id: int, outcome: Outcome, reply: str) -> None:
-        with Session(for_writing(self.engine)) as session:
-            mail = session.get(SystemMail, mail_id)
-            if mail is None or mail.status is not SystemMailStatus.queued:
-                return
-            mail.attempts += 1
+        """The relay's answer, in one statement on a row still queued (a row another process
+        already recorded is left alone): sent; failed on a permanent refusal or the last
+        attempt; otherwise due again after a backoff that grows with its attempts."""
+        now = utcnow()
+        with for_writing(self.engine).begin() as conn:
             if outcome is Outcome.sent:
-                mail.status = SystemMailStatus.sent
-                mail.sent_at = utcnow()
-            elif outcome is Outcome.failed or mail.attempts >= MAX_ATTEMPTS:
-                mail.status = SystemMailStatus.failed
-            else:
-                mail.next_attempt_at = utcnow() + _backoff(mail.attempts)
-            mail.last_error = None if outcome is Outcome.sent else reply[:500]
-            session.add(mail)
-            session.commit()
+                conn.execute(_SENT, {"mail": mail_id, "now": now})
+                return
+            attempts = conn.execute(_ATTEMPTS, {"mail": mail_id}).scalar_one_or_none()
+            if attempts is None:
+                return
+            attempts += 1
+            failed = outcome is Outcome.failed or attempts >= MAX_ATTEMPTS
+            conn.execute(
+                _FAILED if failed else _DEFERRED,
+                {"mail": mail_id, "next": now + _backoff(attempts), "reply": reply[:500]},
+            )
 
     async def deliver_due(self) -> int:
         """Send every mail that is due now; return how many were attempted."""

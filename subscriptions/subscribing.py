@@ -36,7 +36,7 @@ from subscriptions.consent import Evidence
 from subscriptions.db import table_of
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import N_
-from subscriptions.lifecycle import LIVE, Lifecycle
+from subscriptions.lifecycle import Lifecycle
 from subscriptions.links import Links
 from subscriptions.models import (
     ConsentAction,
@@ -106,35 +106,28 @@ class Client:
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribing:
-    """The person an unsubscribe link names, and the live subscriptions (magazine id to slug)
-    it would end."""
+    """The person an unsubscribe link names, and the magazines (id to slug) it covers."""
 
     person: Person
     token_key: str
-    scope: str
-    live: dict[int, str]
+    magazines: dict[int, str]
 
 
 _PEOPLE = table_of(Subscriber)
+_MAGAZINE = table_of(Magazine)
+_DELIVERY = table_of(Delivery)
+_ISSUE = table_of(Issue)
 _SUBJECT = (_PEOPLE.c.id, _PEOPLE.c.email, _PEOPLE.c.address_digest, _PEOPLE.c.token_key)
 _KEY_SUBJECT = core_select(*_SUBJECT).where(_PEOPLE.c.token_key == bindparam("key"))
 _DELIVERY_SUBJECT = (
-    core_select(*_SUBJECT, table_of(Magazine).c.slug)
-    .select_from(table_of(Delivery))
-    .join(table_of(Issue), table_of(Issue).c.id == table_of(Delivery).c.issue_id)
-    .join(table_of(Magazine), table_of(Magazine).c.id == table_of(Issue).c.magazine_id)
-    .outerjoin(_PEOPLE, _PEOPLE.c.id == table_of(Delivery).c.subscriber_id)
-    .where(table_of(Delivery).c.id == bindparam("delivery"))
+    core_select(*_SUBJECT, _MAGAZINE.c.id.label("magazine_id"), _MAGAZINE.c.slug)
+    .select_from(_DELIVERY)
+    .join(_ISSUE, _ISSUE.c.id == _DELIVERY.c.issue_id)
+    .join(_MAGAZINE, _MAGAZINE.c.id == _ISSUE.c.magazine_id)
+    .outerjoin(_PEOPLE, _PEOPLE.c.id == _DELIVERY.c.subscriber_id)
+    .where(_DELIVERY.c.id == bindparam("delivery"))
 )
-_LIVE_ALL = (
-    core_select(table_of(Subscription).c.magazine_id, table_of(Magazine).c.slug)
-    .join(table_of(Magazine), table_of(Magazine).c.id == table_of(Subscription).c.magazine_id)
-    .where(
-        table_of(Subscription).c.subscriber_id == bindparam("id"),
-        table_of(Subscription).c.status.in_(LIVE),
-    )
-)
-_LIVE_ONE = _LIVE_ALL.where(table_of(Magazine).c.slug == bindparam("slug"))
+_MAGAZINES = core_select(_MAGAZINE.c.id, _MAGAZINE.c.slug)
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +276,8 @@ class OptIn:
             wanted += [
                 (ConsentPurpose.foreign_transfer, c.code) for c in self.registry.foreign_countries
             ]
+        if not wanted:
+            return 0
         state = self.lifecycle.consent_state(session, subscriber)
         granted = 0
         for purpose, scope in wanted:
@@ -372,9 +367,9 @@ class OptIn:
         return subscriber, slug
 
     def unsubscribing(self, conn: Connection, token: str) -> Unsubscribing:
-        """Whom an unsubscribe link names and which of their live subscriptions it covers (a
-        magazine's, or all with an empty scope), read on ``conn`` in two queries without the
-        ORM: the one-click path. ``BadToken`` for a link that is not good."""
+        """Whom an unsubscribe link names and the magazines it covers (its issue's, the one
+        its scope names, or all with an empty scope), read on ``conn`` without the ORM: the
+        one-click path. ``BadToken`` for a link that is not good."""
         row: Any = None
         if len(token) == TOKEN_LENGTH:
             delivery_id = self.deliveries.read(token)
@@ -384,19 +379,16 @@ class OptIn:
                 raise BadToken(N_("This link is not valid."))
             if row.id is None:
                 raise BadToken(N_("This link is no longer valid."))
-            scope = str(row.slug)
+            magazines = {int(row.magazine_id): str(row.slug)}
         else:
             key, scope = self.links.read(Action.unsubscribe, token)
             row = conn.execute(_KEY_SUBJECT, {"key": key}).first()
             if row is None:
                 raise BadToken(N_("This link is no longer valid."))
-        live = conn.execute(_LIVE_ALL if not scope else _LIVE_ONE, {"id": row.id, "slug": scope})
-        return Unsubscribing(
-            Person(row.id, row.email, row.address_digest),
-            row.token_key,
-            scope,
-            {int(magazine_id): str(slug) for magazine_id, slug in live},
-        )
+            chosen = _MAGAZINES.where(_MAGAZINE.c.slug == scope) if scope else _MAGAZINES
+            magazines = {int(m): str(slug) for m, slug in conn.execute(chosen)}
+        person = Person(row.id, row.email, row.address_digest)
+        return Unsubscribing(person, row.token_key, magazines)
 
     def pending_titles(self, session: Session, subscriber: Subscriber, locale: str) -> list[str]:
         rows = session.exec(

@@ -39,6 +39,7 @@ class SystemMailer:
         self.sender = sender
         self._env = Environment(
             loader=FileSystemLoader(TEMPLATES_DIR),
+            auto_reload=False,  # the mails' templates are part of the release
             undefined=StrictUndefined,
             autoescape=select_autoescape(["html"]),
         )

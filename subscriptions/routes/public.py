@@ -571,26 +571,23 @@ def unsubscribe_submit(
 ) -> Response:
     """Unsubscribe at once: the page's button, or RFC 8058 one-click from a mail client.
 
-    The link is read and the person's live subscriptions looked at in a read transaction;
-    only when something is still live does the request take the write lock, end them (each
-    with its withdrawal in the ledger) and commit, all before the answer. A repeated click
-    writes nothing. The hot path of the public side: Core statements, no ORM."""
+    One write transaction reads the link's person and ends whatever of theirs it covers
+    that is still live, each with its withdrawal in the ledger, and commits before the
+    answer; a repeated click finds nothing live and writes nothing. The hot path of the
+    public side: Core statements, no ORM."""
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
     client = client_of(request)
     channel = ConsentChannel.one_click if one_click == "One-Click" else ConsentChannel.link
+    evidence = Evidence(channel, client.ip, client.user_agent)
     try:
-        with runtime.engine.connect() as conn:
+        with for_writing(runtime.engine).begin() as conn:
             found = runtime.optin.unsubscribing(conn, token)
+            runtime.optin.lifecycle.end_on(conn, found.person, found.magazines, evidence)
     except BadToken as exc:
         if one_click is None:
             raise
         return Response(str(exc), status_code=400, media_type="text/plain")
-    if found.live:
-        with for_writing(runtime.engine).begin() as conn:
-            runtime.optin.lifecycle.end_on(
-                conn, found.person, found.live, Evidence(channel, client.ip, client.user_agent)
-            )
     request.app.state.metrics.count("unsubscribe", channel.value)
     if one_click is not None:
         return Response("unsubscribed", media_type="text/plain")
