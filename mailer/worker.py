@@ -145,9 +145,8 @@ class DeliveryWorker:
 
     # --- one batch -----------------------------------------------------------------------------
 
-    async def run_once(self) -> int:
-        """Claim and handle one batch; return how many deliveries it held."""
-        claims = await asyncio.to_thread(
+    async def _claim(self) -> list[Claim]:
+        return await asyncio.to_thread(
             queue.claim,
             self.engine,
             worker=self.config.name,
@@ -155,6 +154,12 @@ class DeliveryWorker:
             lease=self.config.lease,
             processors=tuple(self.routes),
         )
+
+    async def run_once(self) -> int:
+        """Claim and handle one batch; return how many deliveries it held."""
+        return await self._handle(await self._claim())
+
+    async def _handle(self, claims: list[Claim]) -> int:
         if not claims:
             return 0
         await asyncio.to_thread(self._read_feed, True)
@@ -174,7 +179,12 @@ class DeliveryWorker:
             for r in await asyncio.to_thread(self.audience.recipients, state.audience, ids)
         }
         results: list[Result] = []
+        everything: list[Result] = []
         pending: list[asyncio.Task[Result | None]] = []
+        # A chunk's outcomes are stored while the next chunk is sent (one store at a time),
+        # so the relay is not idle while the database answers; each outcome is still stored
+        # only after its reply, and the batch is done only when every store is.
+        storing: asyncio.Future[int] | None = None
         for claim in claims:
             recipient = recipients.get(claim.subscriber_id or -1)
             if recipient is None:
@@ -184,11 +194,18 @@ class DeliveryWorker:
             if len(pending) >= self.config.flush_every:
                 results += [r for r in await asyncio.gather(*pending) if r is not None]
                 pending.clear()
-                await asyncio.to_thread(queue.record, self.engine, results)
+                if storing is not None:
+                    await storing
+                storing = asyncio.ensure_future(
+                    asyncio.to_thread(queue.record, self.engine, results)
+                )
+                everything += results
                 results = []
         results += [r for r in await asyncio.gather(*pending) if r is not None]
+        if storing is not None:
+            await storing
         await asyncio.to_thread(queue.record, self.engine, results)
-        await asyncio.to_thread(self._report_bad_mailboxes, results)
+        await asyncio.to_thread(self._report_bad_mailboxes, everything + results)
 
     def _report_bad_mailboxes(self, results: list[Result]) -> None:
         """A 5xx that says the mailbox does not exist (5.1.x) is a hard bounce: suppress."""
@@ -258,11 +275,18 @@ class DeliveryWorker:
     # --- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Work until ``stop``; idle turns wait for ``nudge`` or ``idle_seconds``."""
+        """Work until ``stop``; idle turns wait for ``nudge`` or ``idle_seconds``. After a
+        full batch the next is claimed while this one is sent; one claimed but not begun
+        when asked to stop is given back."""
         self._loop = asyncio.get_running_loop()
+        ahead: asyncio.Task[list[Claim]] | None = None
         while not self._stopping:
             try:
-                handled = await self.run_once()
+                claimed, ahead = ahead, None
+                claims = await (claimed if claimed is not None else self._claim())
+                if len(claims) == self.config.batch and not self._stopping:
+                    ahead = asyncio.create_task(self._claim())
+                handled = await self._handle(claims)
             except Exception:
                 log.exception("delivery batch failed; its rows are retried after the lease")
                 handled = 0
@@ -271,6 +295,13 @@ class DeliveryWorker:
                     async with asyncio.timeout(self.config.idle_seconds):
                         await self._wake.wait()
                 self._wake.clear()
+        if ahead is not None:
+            try:
+                unused = await ahead
+            except Exception:
+                log.exception("claiming the next batch failed; its rows wait for the lease")
+            else:
+                await asyncio.to_thread(queue.release, self.engine, unused)
         await self.close()
 
     async def close(self) -> None:
