@@ -54,6 +54,7 @@ class WorkerConfig:
     per_second: float | None = None
     retry_deadline: timedelta = timedelta(days=3)
     flush_every: int = 50
+    window: int = 32  # deliveries under way at once (the relay pool bounds the connections)
     status_ttl: float = 1.0
     feed_ttl: float = 0.5
     idle_seconds: float = 1.0
@@ -178,30 +179,39 @@ class DeliveryWorker:
             r.subscriber_id: r
             for r in await asyncio.to_thread(self.audience.recipients, state.audience, ids)
         }
+        # Up to ``window`` deliveries are under way at once, a new one starting as each
+        # ends, so the relay's connections never wait for the slowest of a group. Outcomes
+        # are stored in the background as they come (one store at a time, at least
+        # ``flush_every`` outcomes each): each only after its reply, and the batch is done
+        # only when every store is.
+        window = asyncio.Semaphore(self.config.window)
+
+        async def bounded(claim: Claim, recipient: Recipient) -> Result | None:
+            async with window:
+                return await self._deliver(claim, recipient)
+
         results: list[Result] = []
         everything: list[Result] = []
-        pending: list[asyncio.Task[Result | None]] = []
-        # A chunk's outcomes are stored while the next chunk is sent (one store at a time),
-        # so the relay is not idle while the database answers; each outcome is still stored
-        # only after its reply, and the batch is done only when every store is.
-        storing: asyncio.Future[int] | None = None
+        started: list[asyncio.Task[Result | None]] = []
         for claim in claims:
             recipient = recipients.get(claim.subscriber_id or -1)
             if recipient is None:
                 results.append(Result(claim, DeliveryStatus.skipped, reply="no longer eligible"))
-                continue
-            pending.append(asyncio.create_task(self._deliver(claim, recipient)))
-            if len(pending) >= self.config.flush_every:
-                results += [r for r in await asyncio.gather(*pending) if r is not None]
-                pending.clear()
+            else:
+                started.append(asyncio.create_task(bounded(claim, recipient)))
+        storing: asyncio.Future[int] | None = None
+        for finished in asyncio.as_completed(started):
+            result = await finished
+            if result is not None:
+                results.append(result)
+            if len(results) >= self.config.flush_every and (storing is None or storing.done()):
                 if storing is not None:
-                    await storing
+                    await storing  # done: raises if the store failed
                 storing = asyncio.ensure_future(
                     asyncio.to_thread(queue.record, self.engine, results)
                 )
                 everything += results
                 results = []
-        results += [r for r in await asyncio.gather(*pending) if r is not None]
         if storing is not None:
             await storing
         await asyncio.to_thread(queue.record, self.engine, results)
