@@ -19,7 +19,9 @@ import os
 import threading
 from typing import Any
 
-from sqlalchemy import Table, create_engine, event, text
+from sqlalchemy import Insert, Table, create_engine, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import SQLModel
@@ -136,6 +138,14 @@ def check_connection(engine: Engine) -> None:
 def table_of(model: type[SQLModel]) -> Table:
     """The Core table of a table model, for bulk statements that skip the ORM's per-row work."""
     return SQLModel.metadata.tables[str(model.__tablename__)]
+
+
+def insert_new(model: type[SQLModel], dialect: str) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` into ``model``'s table: a row whose unique key
+    is taken is left out, and its ``RETURNING`` comes back empty (psycopg reports no row
+    count for it)."""
+    maker = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    return maker(table_of(model)).on_conflict_do_nothing()
 
 
 def refresh_statistics(engine: Engine, *tables: str) -> None:

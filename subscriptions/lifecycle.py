@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import insert, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, select
 
@@ -111,6 +111,41 @@ class Lifecycle:
             at=now,
         )
         return True
+
+    def request_new(
+        self,
+        conn: Connection,
+        person: Person,
+        magazines: Mapping[int, str],
+        evidence: Evidence,
+        at: datetime,
+    ) -> None:
+        """``request`` for a person who has no subscription yet, on a connection, without
+        the ORM (a sign-up of a new address): each magazine pending, each with its grant."""
+        conn.execute(
+            insert(_SUBSCRIPTIONS),
+            [
+                {
+                    "subscriber_id": person.id,
+                    "magazine_id": magazine_id,
+                    "status": SubscriptionStatus.pending,
+                    "created_at": at,
+                }
+                for magazine_id in magazines
+            ],
+        )
+        digest = self.hasher.digest(person.email)
+        for slug in magazines.values():
+            consent.append_event(
+                conn,
+                subscriber_id=person.id,
+                subject_digest=digest,
+                purpose=ConsentPurpose.magazine,
+                action=ConsentAction.granted,
+                evidence=evidence,
+                scope=slug,
+                occurred_at=at,
+            )
 
     def confirm(self, session: Session, subscriber: Subscriber, evidence: Evidence) -> int:
         """Confirm everything the person asked for and has not yet confirmed."""

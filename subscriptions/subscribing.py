@@ -33,11 +33,11 @@ from mailer.verp import TOKEN_LENGTH, DeliveryTokens
 from subscriptions import consent
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.consent import Evidence
-from subscriptions.db import table_of
+from subscriptions.db import insert_new, table_of
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import N_
 from subscriptions.lifecycle import Lifecycle
-from subscriptions.links import Links
+from subscriptions.links import Links, Named
 from subscriptions.models import (
     ConsentAction,
     ConsentChannel,
@@ -53,8 +53,8 @@ from subscriptions.models import (
 from subscriptions.notice import NoticeBook, record_notice
 from subscriptions.parties import Person
 from subscriptions.registry import Registry
-from subscriptions.system_mail import SystemMailer
-from subscriptions.tokens import Action
+from subscriptions.system_mail import OutgoingMail, SystemMailer
+from subscriptions.tokens import Action, new_token_key
 
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
@@ -105,6 +105,13 @@ class Client:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkKey:
+    """Whom a link names, before their row is read back: their token key."""
+
+    token_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Unsubscribing:
     """The person an unsubscribe link names, and the magazines (id to slug) it covers."""
 
@@ -114,6 +121,7 @@ class Unsubscribing:
 
 
 _PEOPLE = table_of(Subscriber)
+_BY_EMAIL = core_select(_PEOPLE.c.id).where(_PEOPLE.c.email == bindparam("email"))
 _MAGAZINE = table_of(Magazine)
 _DELIVERY = table_of(Delivery)
 _ISSUE = table_of(Issue)
@@ -205,19 +213,65 @@ class OptIn:
             if wait is not None:
                 raise RateLimited(refusal, retry_after=int(wait) + 1)
 
-        try:
-            with session.begin_nested():
-                session.add(FormNonce(nonce=nonce))
-        except IntegrityError:
-            raise BadToken(N_("This form was already submitted. Please reload the page.")) from None
+        dialect = session.get_bind().dialect.name
+        fresh = insert_new(FormNonce, dialect).values(nonce=nonce, used_at=utcnow())
+        if session.execute(fresh.returning(table_of(FormNonce).c.nonce)).first() is None:
+            raise BadToken(N_("This form was already submitted. Please reload the page."))
 
         notice = record_notice(session, self.notices.current(request.locale))
         evidence = Evidence(channel, client.ip, client.user_agent, notice.content_hash)
+        if self._sign_up_new(session, email, request, magazines, evidence):
+            session.commit()
+            return
         subscriber = self._subscriber(session, email, request)
         asked = [m for m in magazines if self.lifecycle.request(session, subscriber, m, evidence)]
         asked_consents = self._grant_consents(session, subscriber, request, evidence)
         self._notify(session, subscriber, needs_confirmation=bool(asked or asked_consents))
         session.commit()
+
+    def _sign_up_new(
+        self,
+        session: Session,
+        email: str,
+        request: SignUpRequest,
+        magazines: list[Magazine],
+        evidence: Evidence,
+    ) -> bool:
+        """The common sign-up, an address mailmag does not know asking for magazines only,
+        in a few Core statements: the person, their pending subscriptions with their grants,
+        the confirmation request. False (nothing written) for anything else, which takes the
+        general path: a known address, joint use or transfer asked, or the same address
+        signing up in another transaction a moment ago."""
+        if request.joint_use or request.foreign_transfer:
+            return False
+        conn = session.connection()
+        if conn.execute(_BY_EMAIL, {"email": email}).first() is not None:
+            return False
+        now = utcnow()
+        token_key = new_token_key()
+        digest = self.hasher.digest(email)
+        person_id = conn.execute(
+            insert_new(Subscriber, conn.dialect.name)
+            .values(
+                email=email,
+                address_digest=digest,
+                token_key=token_key,
+                locale=request.locale,
+                notified_at=now,
+                created_at=now,
+                updated_at=now,
+                **{field: getattr(request, field) or None for field in PROFILE},
+            )
+            .returning(_PEOPLE.c.id)
+        ).scalar()
+        if person_id is None:
+            return False
+        person = Person(person_id, email, digest)
+        self.lifecycle.request_new(
+            conn, person, {m.id or 0: m.slug for m in magazines}, evidence, at=now
+        )
+        self.mailer.queue_on(conn, self._confirmation(email, request.locale, LinkKey(token_key)))
+        return True
 
     def _magazines(self, session: Session, slugs: list[str]) -> list[Magazine]:
         wanted = list(dict.fromkeys(slugs))
@@ -299,15 +353,8 @@ class OptIn:
             return
         locale = subscriber.locale
         if needs_confirmation:
-            self.mailer.queue(
-                session,
-                "confirm",
-                recipient=subscriber.email,
-                locale=locale,
-                subject=N_("Please confirm your subscription"),
-                address=subscriber.email,
-                confirm_url=self.links.url(Action.confirm, subscriber, lang=locale),
-                days=self.policy.pending.days,
+            self.mailer.queue_on(
+                session.connection(), self._confirmation(subscriber.email, locale, subscriber)
             )
         else:
             self.mailer.queue(
@@ -321,6 +368,17 @@ class OptIn:
             )
         subscriber.notified_at = now
         session.add(subscriber)
+
+    def _confirmation(self, email: str, locale: str, subscriber: Named) -> OutgoingMail:
+        return self.mailer.prepare(
+            "confirm",
+            recipient=email,
+            locale=locale,
+            subject=N_("Please confirm your subscription"),
+            address=email,
+            confirm_url=self.links.url(Action.confirm, subscriber, lang=locale),
+            days=self.policy.pending.days,
+        )
 
     # --- confirmation --------------------------------------------------------------------------
 

@@ -16,11 +16,15 @@ from email.utils import formatdate, make_msgid
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from sqlalchemy import insert
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
+from mailer.clock import utcnow
 from mailer.compose import alternative_message, encode_header, mailbox, safe_header
+from subscriptions.db import table_of
 from subscriptions.i18n import gettext_for
-from subscriptions.models import SystemMail
+from subscriptions.models import SystemMail, SystemMailStatus
 from subscriptions.paths import TEMPLATES_DIR
 from subscriptions.registry import ContactPoint, Text
 
@@ -32,6 +36,16 @@ class Sender:
     base_url: str
     operator: Text  # the operator's name and contact point, shown in every footer
     contact: ContactPoint
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMail:
+    kind: str
+    recipient: str
+    message: bytes
+
+
+_SYSTEM_MAILS = table_of(SystemMail)
 
 
 class SystemMailer:
@@ -62,6 +76,13 @@ class SystemMailer:
         ]
         return alternative_message(headers, text, html)
 
+    def prepare(
+        self, kind: str, *, recipient: str, locale: str, subject: str, **context: Any
+    ) -> OutgoingMail:
+        """A mail rendered and ready to be queued."""
+        message = self.render(kind, recipient=recipient, locale=locale, subject=subject, **context)
+        return OutgoingMail(kind, recipient, message)
+
     def queue(
         self,
         session: Session,
@@ -71,13 +92,25 @@ class SystemMailer:
         locale: str,
         subject: str,
         **context: Any,
-    ) -> SystemMail:
-        mail = SystemMail(
-            recipient=recipient,
-            kind=kind,
-            message=self.render(
-                kind, recipient=recipient, locale=locale, subject=subject, **context
-            ),
+    ) -> None:
+        """Render a mail and store it for the outbox, in the session's transaction."""
+        mail = self.prepare(kind, recipient=recipient, locale=locale, subject=subject, **context)
+        session.flush()
+        self.queue_on(session.connection(), mail)
+
+    @staticmethod
+    def queue_on(conn: Connection, mail: OutgoingMail) -> None:
+        """Store a prepared mail for the outbox, in the transaction of ``conn``."""
+        now = utcnow()
+        conn.execute(
+            insert(_SYSTEM_MAILS),
+            {
+                "recipient": mail.recipient,
+                "kind": mail.kind,
+                "message": mail.message,
+                "status": SystemMailStatus.queued,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+            },
         )
-        session.add(mail)
-        return mail
