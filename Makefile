@@ -55,4 +55,4 @@ bench-postgresql: install
 # The reliability suite at full size (CI runs the quick sizes inside `make test`); figures in
 # bench/results/reliability-soak.json.
 soak: install
-	MAILMAG_SOAK=1 $(BIN)/pytest tests/reliability -p no:cacheprovider
+	MAILMAG_SOAK=1 $(BIN)/pytest tests/reliability -p no:cacheprovider -o faulthandler_timeout=0
