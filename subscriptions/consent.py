@@ -105,6 +105,7 @@ def locked_head(session: Session, chain: str = CHAIN) -> LedgerHead:
 
 _EVENTS = table_of(ConsentEvent)
 _HEADS = table_of(LedgerHead)
+_INSERT_EVENT = insert(_EVENTS)
 _HEAD = select(_HEADS.c.seq, _HEADS.c.last_hash).where(_HEADS.c.name == CHAIN).with_for_update()
 _MOVE_HEAD = (
     update(_HEADS)
@@ -159,7 +160,7 @@ def append_event(
         "prev_hash": prev,
     }
     row["row_hash"] = _hash_row(**row)
-    conn.execute(insert(_EVENTS), row)
+    conn.execute(_INSERT_EVENT, row)
     conn.execute(_MOVE_HEAD, {"new_seq": row["seq"], "new_hash": row["row_hash"]})
 
 
@@ -182,7 +183,7 @@ def append_many(session: Session, rows: list[dict[str, Any]]) -> None:
         row["purged"] = False
         row["prev_hash"] = prev
         prev = row["row_hash"] = _hash_row(**row)
-    conn.execute(insert(_EVENTS), rows)
+    conn.execute(_INSERT_EVENT, rows)
     conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
 
 
