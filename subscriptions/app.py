@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse, Response
@@ -44,11 +43,6 @@ from subscriptions.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Request handlers run in a pool of threads that share one interpreter lock. With Starlette's
-# 40, a handler holding the store's write turn got a 40th of the CPU and every request waited
-# on it; a few threads keep the cores busy and the turn short.
-REQUEST_THREADS = 6
-
 
 def create_app(
     settings: Settings, *, engine: Engine | None = None, delivery: bool = True
@@ -59,10 +53,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        anyio.to_thread.current_default_thread_limiter().total_tokens = REQUEST_THREADS
-        import sys
-
-        sys.setswitchinterval(0.0005)
         ready = False
         with contextlib.suppress(SQLAlchemyError):  # /readyz reports an unusable database
             ready = schema.revision_state(runtime.engine).at_head
