@@ -41,6 +41,16 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _CRLF = re.compile(r"\r\n|\r")
 
 
+def is_unicode_text(value: str) -> bool:
+    """Whether ``value`` can be written as UTF-8: a Python string may hold a lone surrogate
+    (JSON's ``"\\ud800"`` decodes to one), which no mail, page or database can carry."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def safe_header(value: str, what: str) -> str:
     """``value`` unchanged, or ``HeaderInjection`` if it could break out of its header."""
     if _UNSAFE.search(value):
@@ -164,6 +174,15 @@ class PreparedIssue:
         gettext: Callable[[str], str],
         signer: DKIMSigner | None = None,
     ) -> None:
+        for what, text in (
+            ("subject", content.subject),
+            ("preheader", content.preheader),
+            ("HTML body", content.html_body),
+            ("text body", content.text_body or ""),
+            ("magazine title", content.magazine_title),
+        ):
+            if not is_unicode_text(text):
+                raise NotCompliant(f"the {what} is not Unicode text (it holds a lone surrogate)")
         self.content = content
         self.sender = sender
         self.signer = signer

@@ -15,8 +15,10 @@ from functools import partial
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -80,6 +82,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.include_router(metrics_router(metrics, token))
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(BadToken, public.bad_link)
     app.add_exception_handler(LoginRequired, _to_login)
     app.include_router(health.router)
@@ -127,6 +130,24 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             }
         app.openapi_schema = spec
     return app.openapi_schema
+
+
+async def _invalid_request(_request: Request, error: Exception) -> Response:
+    """FastAPI's own 422, except that what it echoes back is made writable first: a JSON
+    body may hold "\\ud800", which decodes to a lone surrogate that the answer could not
+    be encoded with (a 500 instead of the 422)."""
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": _writable(jsonable_encoder(error.errors()))}, 422)
+
+
+def _writable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list):
+        return [_writable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _writable(v) for k, v in value.items()}
+    return value
 
 
 def _to_login(_request: Request, error: Exception) -> Response:

@@ -3,6 +3,7 @@ the web process's own worker and scheduler doing the sending."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -225,3 +226,23 @@ def test_a_hostile_template_slipped_into_the_store_is_refused_at_preview_and_sen
     )
     assert tested.status_code == 422
     assert smtp_server.received == []
+
+
+def test_text_with_a_lone_surrogate_is_refused_and_nothing_is_stored(
+    client: TestClient, app: FastAPI, engine: Engine, marketer: dict[str, str]
+) -> None:
+    """JSON's "\\ud800" decodes to a string no mail, page or database can carry: a clear 422,
+    never a 500, and no row."""
+    magazine_id = weekly_with_readers(app, engine, 0)
+    for field in ("subject", "preheader", "html_body", "text_body"):
+        body = {"magazine_id": magazine_id, "subject": "Weekly news", "html_body": BODY}
+        raw = json.dumps(body | {field: "News \ud800 today"})  # ASCII, with the \ud800 escape
+        answer = client.post(
+            "/api/v1/issues",
+            content=raw.encode(),
+            headers=marketer | {"Content-Type": "application/json"},
+        )
+        assert answer.status_code == 422, (field, answer.status_code, answer.text)
+        assert "unicode" in answer.text
+    listing = client.get("/api/v1/issues", headers=marketer).json()
+    assert listing == [] or listing.get("items", listing) == []
