@@ -44,7 +44,7 @@ _HOLDERS = text(
 )
 
 
-def holders(conn: Session | Connection, subscriber_id: int) -> set[tuple[str, str]]:
+def holders(conn: Connection, subscriber_id: int) -> set[tuple[str, str]]:
     """(party, kind) pairs that received this person's data: processors a message to them was
     handed to (or is with), joint users that received them in an export. One query: it runs
     on every withdrawal."""
