@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
-from fastapi import APIRouter, Depends, HTTPException, status
+from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -24,7 +24,7 @@ from mailer.audience import Audience, Recipient
 from mailer.columns import RowId
 from mailer.errors import InvalidTransition, MailerError
 from mailer.models import Issue, IssueBase, IssueStatus
-from mailer.sending import start_issue
+from mailer.sending import queue_the_rest, start_issue
 from mailer.transactions import for_writing
 from mailer.transport import Envelope, Outcome, Transport
 from mailer.worker import IssuePreparer
@@ -66,6 +66,9 @@ class IssuePublic(IssueBase):
     pause_reason: str | None = None
     complaints: int = 0
     hard_bounces: int = 0
+    queuing: bool = Field(
+        default=False, description="Its recipients are still being queued (total still grows)."
+    )
     merge_fields: list[str] = Field(default_factory=list)
 
 
@@ -111,6 +114,7 @@ class IssueProgress(BaseModel):
     percent: float
     rate_per_second: float
     expected_finish: datetime | None
+    queuing: bool = Field(description="Recipients are still being queued (total still grows).")
 
 
 @dataclass
@@ -124,7 +128,13 @@ class MarketingServices:
 
 
 def _public(issue: Issue, fields: frozenset[str] = frozenset()) -> IssuePublic:
-    return IssuePublic.model_validate({**issue.model_dump(), "merge_fields": sorted(fields)})
+    return IssuePublic.model_validate(
+        {
+            **issue.model_dump(),
+            "queuing": issue.expansion_cursor is not None,
+            "merge_fields": sorted(fields),
+        }
+    )
 
 
 def marketing_router(authorize: Callable[..., Any], services: MarketingServices) -> APIRouter:
@@ -259,14 +269,17 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
         return transition(issue_id, issues.unschedule)
 
     @router.post("/{issue_id}/send-now")
-    def send_now(issue_id: RowId) -> IssuePublic:
+    def send_now(issue_id: RowId, background: BackgroundTasks) -> IssuePublic:
+        """Start sending at once. Answers when the first recipients are queued (and being
+        sent); the rest are queued after the answer ("queuing" is true until then)."""
         try:
-            start_issue(engine, services.audience, services.preparer, issue_id)
+            start_issue(engine, services.audience, services.preparer, issue_id, complete=False)
         except InvalidTransition as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         except MailerError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
         services.on_started()
+        background.add_task(queue_the_rest, engine, services.audience, services.preparer, issue_id)
         with Session(engine) as session:
             return _public(load(session, issue_id))
 
@@ -300,6 +313,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             percent=round(100 * found.done / found.total, 1) if found.total else 100.0,
             rate_per_second=round(found.rate_per_second, 2),
             expected_finish=found.expected_finish,
+            queuing=found.queuing,
         )
 
     return router

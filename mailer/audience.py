@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from sqlalchemy.engine import Connection
+
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
@@ -32,9 +34,22 @@ class IssueAudience:
     route: str | None = None  # the processor receiving the recipients, if any
 
 
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    """What one chunk of an expansion queued, and where the next chunk starts."""
+
+    queued: int
+    cursor: int | None  # the highest subscriber id this chunk covered; None: that was the last
+
+
 class Audience(Protocol):
-    def expand(self, audience: IssueAudience) -> int:
-        """Queue one delivery per eligible recipient (idempotent); return how many are new."""
+    def expand(
+        self, conn: Connection, audience: IssueAudience, after: int, limit: int
+    ) -> Expansion:
+        """On the caller's transaction, queue one delivery per eligible recipient among the
+        next ``limit`` subscribers of the magazine (in subscriber id order) above ``after``,
+        skipping any already queued. The chunk that reaches the end also records the issue's
+        hand-offs to processors."""
         ...
 
     def recipients(self, audience: IssueAudience, subscriber_ids: Iterable[int]) -> list[Recipient]:

@@ -9,9 +9,9 @@
                            │                paused
       cancel from draft, scheduled, sending or paused ──▶ cancelled
 
-``start`` is called only after the audience was expanded into deliveries, so an issue is
-never "sending" with its recipients still missing; ``finish`` only when none of its
-deliveries is queued, deferred or in flight.
+``start`` is called with the first chunk of the audience queued (``mailer.sending``), and
+sets the issue's ``expansion_cursor`` that the later chunks move on; ``finish`` only when
+the last chunk is in and none of its deliveries is queued, deferred or in flight.
 """
 
 from __future__ import annotations
@@ -61,9 +61,10 @@ def unschedule(session: Session, issue: Issue) -> None:
 
 
 def start(session: Session, issue: Issue) -> None:
-    """Mark the issue as sending; its deliveries must already be queued."""
+    """Mark the issue as sending, its audience to be queued from the first subscriber on."""
     _move(issue, S.sending)
     issue.started_at = issue.started_at or utcnow()
+    issue.expansion_cursor = 0
     session.add(issue)
 
 
@@ -83,6 +84,7 @@ def cancel(session: Session, issue: Issue) -> None:
     """Cancel: nothing more leaves; deliveries still waiting are skipped."""
     _move(issue, S.cancelled)
     issue.finished_at = utcnow()
+    issue.expansion_cursor = None  # nobody more is queued
     session.add(issue)
     session.execute(
         update(Delivery)
@@ -94,8 +96,15 @@ def cancel(session: Session, issue: Issue) -> None:
 
 def finish_if_done(session: Session, issue_id: int) -> bool:
     """Mark a sending issue sent once nothing is outstanding; True if it was."""
+    # Read without a lock first: a worker asks after every batch, and must not wait for an
+    # expansion chunk holding the row. The expansion asks again after its last chunk.
+    status, cursor = session.exec(
+        select(Issue.status, Issue.expansion_cursor).where(Issue.id == issue_id)
+    ).one()
+    if status is not S.sending or cursor is not None:
+        return False
     issue = session.exec(select(Issue).where(Issue.id == issue_id).with_for_update()).one()
-    if issue.status is not S.sending:
+    if issue.status is not S.sending or issue.expansion_cursor is not None:
         return False
     # Whether any is left, not how many: a worker asks after every batch, and counting the
     # rows still queued read the whole rest of a large issue each time.

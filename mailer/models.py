@@ -68,6 +68,14 @@ class Issue(IssueBase, table=True):
     complaints: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     hard_bounces: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     pause_reason: str | None = Field(default=None, max_length=300)
+    expansion_cursor: int | None = Field(
+        default=None,
+        description=(
+            "While a started issue's audience is still being queued, chunk by chunk in "
+            "subscriber order: the highest subscriber id queued so far (0 before the first "
+            "chunk). None when there is nothing (more) to queue."
+        ),
+    )
 
 
 class DeliveryStatus(StrEnum):

@@ -198,6 +198,7 @@ class Progress:
     counts: dict[str, int]
     rate_per_second: float  # messages sent over the last minute
     expected_finish: datetime | None
+    queuing: bool = False  # the audience is still being queued: the total still grows
 
     @property
     def total(self) -> int:
@@ -233,4 +234,5 @@ def progress(session: Session, issue_id: int) -> Progress | None:
     rate = recent / 60.0
     left = counts["queued"] + counts["deferred"] + counts["sending"]
     finish = utcnow() + timedelta(seconds=left / rate) if rate > 0 and left else None
-    return Progress(issue_id, issue.status.value, counts, rate, finish)
+    queuing = issue.expansion_cursor is not None
+    return Progress(issue_id, issue.status.value, counts, rate, finish, queuing)

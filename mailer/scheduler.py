@@ -5,7 +5,8 @@ table, so their next run times survive a restart:
 
 - ``start-due-issues`` every two seconds starts each issue whose ``scheduled_at`` has come
   (the issue table is the source of truth for schedules, so an issue scheduled by any web
-  process, or while the leader was down, is started the moment a leader looks);
+  process, or while the leader was down, is started the moment a leader looks), and
+  finishes queuing the audience of any issue whose expansion was cut short;
 - ``housekeeping`` every hour runs the maintenance the composition root hands in.
 
 Job functions are looked up by name in this module (the job store keeps references, not
@@ -22,6 +23,7 @@ from datetime import timedelta
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import or_
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -74,12 +76,20 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
 
     def start_due(self) -> int:
-        """Start every scheduled issue whose time has come; return how many."""
+        """Start every scheduled issue whose time has come, and queue the rest of any
+        audience still being queued; return how many issues were started or resumed."""
         with Session(self.engine) as session:
             due = session.exec(
                 select(Issue.id)
-                .where(Issue.status == IssueStatus.scheduled)
-                .where(col(Issue.scheduled_at) <= utcnow())
+                .where(
+                    or_(
+                        (col(Issue.status) == IssueStatus.scheduled)
+                        & (col(Issue.scheduled_at) <= utcnow()),
+                        col(Issue.status).in_([IssueStatus.sending, IssueStatus.paused])
+                        & col(Issue.expansion_cursor).is_not(None),
+                    )
+                )
+                .order_by(col(Issue.id))
             ).all()
         started = 0
         for issue_id in due:

@@ -14,18 +14,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from sqlalchemy import bindparam, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import bindparam, insert, text
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from mailer.audience import IssueAudience, Recipient
+from mailer.audience import Expansion, IssueAudience, Recipient
 from mailer.clock import utcnow
 from mailer.columns import UTCDateTime
 from mailer.compose import IssueContent, PreparedIssue, SenderProfile
 from mailer.errors import MailerError, NotCompliant
 from mailer.models import Issue
 from mailer.signing import DKIMSigner
-from mailer.transactions import for_writing
 from subscriptions.db import refresh_statistics
 from subscriptions.i18n import gettext_for
 from subscriptions.models import (
@@ -46,11 +45,23 @@ _EXPAND = """
     FROM subscription s
     JOIN subscriber p ON p.id = s.subscriber_id
     WHERE s.magazine_id = :magazine_id AND s.status = 'confirmed'
+      AND s.subscriber_id > :after {upto}
       AND NOT EXISTS (SELECT 1 FROM suppression x WHERE x.address_digest = p.address_digest)
       AND ({assigned})
     ORDER BY s.subscriber_id
     ON CONFLICT (issue_id, subscriber_id) DO NOTHING
 """
+# The last subscriber of a chunk: a seek in the audience index (magazine, status, subscriber).
+_CHUNK_END = text("""
+    SELECT subscriber_id FROM subscription
+    WHERE magazine_id = :magazine_id AND status = 'confirmed' AND subscriber_id > :after
+    ORDER BY subscriber_id LIMIT 1 OFFSET :skip
+""")
+_HANDED_OVER = text("""
+    SELECT processor, count(*) FROM delivery
+    WHERE issue_id = :issue_id AND processor IS NOT NULL
+    GROUP BY processor ORDER BY processor
+""")
 
 
 def _like(pattern: str) -> str:
@@ -86,7 +97,6 @@ _RECIPIENTS = """
       AND NOT EXISTS (SELECT 1 FROM suppression x WHERE x.address_digest = p.address_digest)
 """
 _MERGE_FIELDS = ("name", "company", "department", "title", "email")
-BULK = 10_000  # an expansion this large refreshes the planner's statistics of the queue
 
 
 class StoreAudience:
@@ -95,42 +105,56 @@ class StoreAudience:
         self.registry = registry
         self._slugs: dict[str, int] = {}
 
-    def expand(self, audience: IssueAudience) -> int:
-        """One INSERT ... SELECT per processor of the route, so each count is exact and every
-        processor's hand-off gets its own transfer record. The statement is parsed in SQLite's
-        "INSERT ... SELECT ... ON CONFLICT" form; the ORDER BY keeps its grammar unambiguous
-        there and the delivery order stable."""
-        queued = 0
+    def expand(
+        self, conn: Connection, audience: IssueAudience, after: int, limit: int
+    ) -> Expansion:
+        """One ``INSERT ... SELECT`` per processor of the route over the chunk's range of
+        subscriber ids, so each recipient goes to exactly one processor. The statement is
+        parsed in SQLite's "INSERT ... SELECT ... ON CONFLICT" form; the ORDER BY keeps its
+        grammar unambiguous there and the delivery order stable. The last chunk records one
+        transfer record per processor with the issue's whole count, and refreshes the
+        planner's statistics of a large queue."""
         params = {
             "issue_id": audience.issue_id,
             "magazine_id": audience.magazine_id,
+            "after": after,
             "now": utcnow(),
         }
-        with Session(for_writing(self.engine)) as session:
-            magazine = session.get(Magazine, audience.magazine_id)
-            for processor, condition in assignments(self.registry, audience.route):
-                statement = text(_EXPAND.format(assigned=condition)).bindparams(
-                    bindparam("now", type_=UTCDateTime())
-                )
-                result = session.execute(statement, {**params, "processor": processor})
-                count = int(result.rowcount)  # type: ignore[attr-defined]
-                queued += count
-                if processor is not None and count:
-                    session.add(
-                        TransferRecord(
-                            party=processor,
-                            party_kind="processor",
-                            issue_id=audience.issue_id,
-                            fields=",".join(sorted(audience.fields | {"email"})),
-                            people=count,
-                            purpose=magazine.purpose if magazine else "",
-                            legal_basis="entrustment (APPI Art. 27(5)(i))",
-                        )
-                    )
-            session.commit()
-        if queued >= BULK:
-            refresh_statistics(self.engine, "delivery")
-        return queued
+        last = conn.execute(_CHUNK_END, {**params, "skip": max(limit, 1) - 1}).scalar()
+        upto = "" if last is None else "AND s.subscriber_id <= :upto"
+        queued = 0
+        for processor, condition in assignments(self.registry, audience.route):
+            statement = text(_EXPAND.format(upto=upto, assigned=condition)).bindparams(
+                bindparam("now", type_=UTCDateTime())
+            )
+            result = conn.execute(statement, {**params, "processor": processor, "upto": last})
+            queued += int(result.rowcount)
+        if last is None:
+            self._record_hand_offs(conn, audience)
+        if queued and (after == 0 or last is None):
+            # The planner must not plan the workers' claims and reads for an empty queue (see
+            # refresh_statistics): after the first chunk, and the last of several.
+            refresh_statistics(conn, "delivery")
+        return Expansion(queued, last)
+
+    def _record_hand_offs(self, conn: Connection, audience: IssueAudience) -> None:
+        purpose = conn.execute(
+            select(Magazine.purpose).where(Magazine.id == audience.magazine_id)
+        ).scalar()
+        fields = ",".join(sorted(audience.fields | {"email"}))
+        for processor, count in conn.execute(_HANDED_OVER, {"issue_id": audience.issue_id}):
+            conn.execute(
+                insert(TransferRecord),
+                {
+                    "party": processor,
+                    "party_kind": "processor",
+                    "issue_id": audience.issue_id,
+                    "fields": fields,
+                    "people": count,
+                    "purpose": purpose or "",
+                    "legal_basis": "entrustment (APPI Art. 27(5)(i))",
+                },
+            )
 
     def recipients(self, audience: IssueAudience, subscriber_ids: Iterable[int]) -> list[Recipient]:
         ids = list(subscriber_ids)

@@ -129,7 +129,8 @@ def issue_line(session: Session, issue: Issue, magazine: str) -> IssueLine:
         id=issue.id,
         subject=issue.subject,
         magazine=magazine,
-        status=found.status,
+        # The total still grows while the audience is being queued: say so beside the state.
+        status=f"{found.status}, queuing" if found.queuing else found.status,
         scheduled_at=issue.scheduled_at,
         started_at=issue.started_at,
         total=found.total,

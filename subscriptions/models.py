@@ -124,7 +124,9 @@ class Subscription(SQLModel, table=True):
     __tablename__ = "subscription"
     __table_args__ = (
         UniqueConstraint("subscriber_id", "magazine_id"),
-        Index("ix_subscription_magazine_status", "magazine_id", "status"),
+        # A magazine's audience in subscriber order: counts by state use its prefix, and an
+        # issue's expansion seeks its chunk boundaries in it.
+        Index("ix_subscription_audience", "magazine_id", "status", "subscriber_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
