@@ -27,6 +27,7 @@ from mailer.worker import DeliveryWorker, WorkerConfig
 from subscriptions import maintenance
 from subscriptions.addresses import AddressHasher
 from subscriptions.audience import SenderIdentity, StoreAudience, StorePreparer
+from subscriptions.commits import GroupCommit
 from subscriptions.db import for_writing
 from subscriptions.errors import ConfigurationError
 from subscriptions.feedback import StoreFeedback
@@ -66,11 +67,15 @@ class Runtime:
         default_factory=lambda: Jinja2Templates(directory=TEMPLATES_DIR)
     )
     login_guard: LoginGuard = field(default_factory=LoginGuard)
+    commits: GroupCommit = field(init=False)  # the hot public writes, committed in groups
     capture: CaptureServer | None = None
     outbox: OutboxSender | None = None
     worker: DeliveryWorker | None = None
     scheduler: Scheduler | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.commits = GroupCommit(self.engine)
 
     def secret_box(self) -> SecretBox:
         """Seals staff TOTP seeds with a key derived from the app secret."""

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
@@ -26,7 +27,7 @@ from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
 from subscriptions.models import ConsentChannel, Magazine, localised
 from subscriptions.runtime import Runtime
-from subscriptions.subscribing import PROFILE, Client, SignUpRequest
+from subscriptions.subscribing import PROFILE, Client, SignUpRequest, Unsubscribing
 from subscriptions.tokens import Action
 
 router = APIRouter(tags=["subscriber pages"])
@@ -580,10 +581,14 @@ def unsubscribe_submit(
     client = client_of(request)
     channel = ConsentChannel.one_click if one_click == "One-Click" else ConsentChannel.link
     evidence = Evidence(channel, client.ip, client.user_agent)
+
+    def unsubscribe(conn: Connection) -> Unsubscribing:
+        found = runtime.optin.unsubscribing(conn, token)
+        runtime.optin.lifecycle.end_on(conn, found.person, found.magazines, evidence)
+        return found
+
     try:
-        with for_writing(runtime.engine).begin() as conn:
-            found = runtime.optin.unsubscribing(conn, token)
-            runtime.optin.lifecycle.end_on(conn, found.person, found.magazines, evidence)
+        found = runtime.commits.run(unsubscribe)
     except BadToken as exc:
         if one_click is None:
             raise

@@ -1,0 +1,102 @@
+"""Group commit: many short write transactions from many threads, committed together.
+
+On SQLite every write transaction waits its turn for the one write lock, and each commit
+waits for ``fsync``. Under load the request threads queue on the lock while the one holding
+it keeps losing the GIL to them, and every answer pays for its own ``fsync``. A
+``GroupCommit`` instead lets one thread at a time write for all: it takes every job waiting,
+runs each in a savepoint of one transaction on one connection, commits once, and only then
+answers each caller (a job that fails is rolled back to its savepoint alone, and its caller
+gets its exception; a failed commit fails every job of the batch). So nothing is
+acknowledged before it is durable, as before, but a batch pays for one ``BEGIN IMMEDIATE``
+and one ``fsync``.
+
+There is no writer thread: the caller that finds nobody writing writes (a "leader"). When
+its batch is committed it hands the turn to the first caller that queued meanwhile and goes
+back to its own request, so no caller waits longer than the batches queued before its own.
+
+Jobs must be short, touch the database only through the connection they are given, and be
+safe to run inside a transaction that other jobs share: their writes become visible to the
+later jobs of the batch, and are only durable once ``run`` returns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy.engine import Connection, Engine
+
+from mailer.transactions import for_writing
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class _Job(Generic[T]):
+    work: Callable[[Connection], T]
+    ready: threading.Event = field(default_factory=threading.Event)
+    leads: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+    def outcome(self) -> T:
+        if self.error is not None:
+            raise self.error
+        value: T = self.result
+        return value
+
+
+class GroupCommit:
+    def __init__(self, engine: Engine, max_batch: int = 64) -> None:
+        self.engine = for_writing(engine)
+        self.max_batch = max_batch
+        self._mutex = threading.Lock()
+        self._waiting: list[_Job[Any]] = []
+        self._writing = False
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` in a write transaction; return once that transaction is committed."""
+        job: _Job[T] = _Job(work)
+        with self._mutex:
+            self._waiting.append(job)
+            job.leads = not self._writing
+            self._writing = True
+        if not job.leads:
+            job.ready.wait()
+        if job.leads:
+            self._lead()
+        return job.outcome()
+
+    def _lead(self) -> None:
+        with self._mutex:
+            batch = self._waiting[: self.max_batch]
+            del self._waiting[: self.max_batch]
+        self._commit(batch)
+        with self._mutex:
+            if self._waiting:
+                successor = self._waiting[0]
+                successor.leads = True
+                successor.ready.set()
+            else:
+                self._writing = False
+        for job in batch:
+            job.ready.set()
+
+    def _commit(self, batch: list[_Job[Any]]) -> None:
+        try:
+            with self.engine.begin() as conn:
+                for job in batch:
+                    savepoint = conn.begin_nested()
+                    try:
+                        job.result = job.work(conn)
+                    except Exception as exc:  # this job's own failure: undo it alone
+                        savepoint.rollback()
+                        job.error = exc
+                    else:
+                        savepoint.commit()
+        except Exception as exc:  # the batch did not commit: nothing of it holds
+            for job in batch:
+                if job.error is None:
+                    job.error = exc

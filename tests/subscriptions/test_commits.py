@@ -1,0 +1,120 @@
+"""Group commit: jobs from many threads share transactions, each job's failure stays its
+own, nothing is answered before its transaction is committed. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from subscriptions.commits import GroupCommit
+
+ADD = text(
+    "INSERT INTO magazine (title, description, purpose, active, slug, created_at) "
+    "VALUES ('{}', '{}', 'newsletter', true, :slug, CURRENT_TIMESTAMP)"
+)
+
+
+def slugs(engine: Engine) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(text("SELECT slug FROM magazine")).scalars())
+
+
+def add(slug: str) -> Callable[[Connection], str]:
+    def job(conn: Connection) -> str:
+        conn.execute(ADD, {"slug": slug})
+        return slug
+
+    return job
+
+
+def test_every_job_from_many_threads_is_committed_before_its_answer(engine: Engine) -> None:
+    commits = GroupCommit(engine, max_batch=8)
+    seen_by_caller: list[bool] = []
+    lock = threading.Lock()
+
+    def one(n: int) -> str:
+        slug = commits.run(add(f"m{n}"))
+        committed = slug in slugs(engine)  # read on another connection: it is durable
+        with lock:
+            seen_by_caller.append(committed)
+        return slug
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(one, range(200)))
+    assert answers == [f"m{n}" for n in range(200)]
+    assert seen_by_caller == [True] * 200
+    assert slugs(engine) == {f"m{n}" for n in range(200)}
+
+
+def test_a_failing_job_is_undone_alone_and_only_its_caller_sees_the_error(
+    engine: Engine,
+) -> None:
+    commits = GroupCommit(engine)
+    commits.run(add("taken"))
+    barrier = threading.Barrier(3)
+
+    def half_then_fail(conn: Connection) -> None:
+        conn.execute(ADD, {"slug": "half"})  # undone with the rest of this job
+        conn.execute(ADD, {"slug": "taken"})
+
+    def run(job: Callable[[Connection], object]) -> object:
+        barrier.wait()
+        try:
+            return commits.run(job)
+        except IntegrityError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(run, [add("before"), half_then_fail, add("after")]))
+    assert results[0] == "before"
+    assert results[2] == "after"
+    assert isinstance(results[1], IntegrityError)
+    assert slugs(engine) == {"taken", "before", "after"}
+
+
+def test_a_commit_that_fails_fails_every_job_of_its_batch(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("a commit is made to fail with SQLite's deferred foreign keys")
+    commits = GroupCommit(engine)
+    working, queued = threading.Event(), threading.Event()
+
+    def first(conn: Connection) -> str:
+        """Holds the first batch until the next two jobs wait, so they make one batch."""
+        working.set()
+        assert queued.wait(10)
+        return add("first")(conn)
+
+    def dangling(conn: Connection) -> None:
+        conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")  # checked at COMMIT
+        conn.execute(
+            text(
+                "INSERT INTO subscription (subscriber_id, magazine_id, status, created_at) "
+                "VALUES (424242, 424242, 'pending', CURRENT_TIMESTAMP)"
+            )
+        )
+
+    def run(job: Callable[[Connection], object]) -> object:
+        try:
+            return commits.run(job)
+        except IntegrityError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        leader = pool.submit(run, first)
+        assert working.wait(10)  # the first batch is taken and being written
+        others = [pool.submit(run, add("lost")), pool.submit(run, dangling)]
+        while len(commits._waiting) < 2:
+            pass
+        queued.set()
+        assert leader.result() == "first"
+        lost, failed = (f.result() for f in others)
+    assert isinstance(lost, IntegrityError)
+    assert isinstance(failed, IntegrityError)
+    assert slugs(engine) == {"first"}
+    assert commits.run(add("next")) == "next"
