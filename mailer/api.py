@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -45,14 +46,24 @@ class IssueCreate(BaseModel):
 
 
 class IssueUpdate(BaseModel):
+    """The fields to change; those left out stay as they are. Only ``text_body`` and
+    ``route`` may be set to null (no text part of one's own; our own relay)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    subject: str | None = Field(default=None, min_length=1, max_length=300)
-    preheader: str | None = Field(default=None, max_length=300)
-    html_body: str | None = Field(default=None, min_length=1, max_length=200_000)
+    subject: Annotated[str, Field(min_length=1, max_length=300)] | SkipJsonSchema[None] = None
+    preheader: Annotated[str, Field(max_length=300)] | SkipJsonSchema[None] = None
+    html_body: Annotated[str, Field(min_length=1, max_length=200_000)] | SkipJsonSchema[None] = None
     text_body: str | None = Field(default=None, max_length=200_000)
-    locale: Locale | None = None
+    locale: Locale | SkipJsonSchema[None] = None
     route: str | None = Field(default=None, max_length=64)
+
+    @field_validator("subject", "preheader", "html_body", "locale")
+    @classmethod
+    def _not_null(cls, value: str | None) -> str:
+        if value is None:  # only an explicit null gets here: defaults are not validated
+            raise ValueError("may be left out, but not set to null")
+        return value
 
 
 class IssuePublic(IssueBase):

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 
 from mailer.api import MarketingServices, marketing_router
 from subscriptions import schema
@@ -83,6 +83,7 @@ def create_app(
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.include_router(metrics_router(metrics, token))
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(DataError, _unstorable)
     app.add_exception_handler(BadToken, public.bad_link)
     app.add_exception_handler(LoginRequired, _to_login)
     app.include_router(health.router)
@@ -138,6 +139,16 @@ async def _invalid_request(_request: Request, error: Exception) -> Response:
     be encoded with (a 500 instead of the 422)."""
     assert isinstance(error, RequestValidationError)
     return JSONResponse({"detail": _writable(jsonable_encoder(error.errors()))}, 422)
+
+
+async def _unstorable(_request: Request, error: Exception) -> Response:
+    """PostgreSQL stores no NUL character in text (SQLite does): a search or a value
+    holding one is refused as the client's error, not answered with a 500. Any other
+    data error is a fault of ours, and stays one."""
+    assert isinstance(error, DataError)
+    if "NUL" not in str(error.orig):
+        raise error
+    return JSONResponse({"detail": "text may not hold a NUL character"}, 422)
 
 
 def _writable(value: Any) -> Any:

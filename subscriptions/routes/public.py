@@ -21,7 +21,6 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
 from subscriptions.consent import Evidence
-from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep, SessionDep
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
@@ -330,9 +329,16 @@ async def api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtim
 
 
 def _api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtime) -> Any:
+    client = client_of(request)
+
+    def sign_up(conn: Connection) -> None:
+        # The session works in the savepoint the group commit gives this request: its
+        # commit ends the savepoint; the group's commit makes it durable before the answer.
+        with Session(bind=conn, expire_on_commit=False) as session:
+            runtime.optin.sign_up(session, signup, client, ConsentChannel.api)
+
     try:
-        with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
-            runtime.optin.sign_up(session, signup, client_of(request), ConsentChannel.api)
+        runtime.commits.run(sign_up)
     except InvalidInput as exc:
         return JSONResponse(Problem(detail=exc.message, field=exc.field).model_dump(), 422)
     except BadToken as exc:

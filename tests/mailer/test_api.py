@@ -246,3 +246,26 @@ def test_text_with_a_lone_surrogate_is_refused_and_nothing_is_stored(
         assert "unicode" in answer.text
     listing = client.get("/api/v1/issues", headers=marketer).json()
     assert listing == [] or listing.get("items", listing) == []
+
+
+def test_a_field_that_must_hold_text_cannot_be_patched_to_null(
+    client: TestClient, app: FastAPI, engine: Engine, marketer: dict[str, str]
+) -> None:
+    """Found by the fuzzing soak: a PATCH setting the subject to null was a 500 (the NOT NULL
+    column refused it at commit). Leaving a field out keeps it; null is refused with a 422,
+    and clears only the fields that may be empty."""
+    issue = create(client, marketer, weekly_with_readers(app, engine, 0)).json()
+    for field in ("subject", "preheader", "html_body", "locale"):
+        answer = client.patch(f"/api/v1/issues/{issue['id']}", json={field: None}, headers=marketer)
+        assert answer.status_code == 422, (field, answer.text)
+        assert "not set to null" in answer.text
+    cleared = client.patch(
+        f"/api/v1/issues/{issue['id']}", json={"text_body": None, "route": None}, headers=marketer
+    )
+    assert cleared.status_code == 200
+    again = client.get(f"/api/v1/issues/{issue['id']}", headers=marketer).json()
+    assert {k: again[k] for k in ("subject", "preheader", "html_body", "locale")} == {
+        k: issue[k] for k in ("subject", "preheader", "html_body", "locale")
+    }
+    spec = client.get("/openapi.json").json()["components"]["schemas"]["IssueUpdate"]
+    assert spec["properties"]["subject"].get("type") == "string"  # null is not offered
