@@ -7,6 +7,7 @@ configuration with one line naming the setting, exit status 2, never a traceback
 from __future__ import annotations
 
 import asyncio
+import gc
 import getpass
 import json
 import signal
@@ -127,6 +128,7 @@ def serve(
         )
         return
     web = create_app(settings, engine=engine)
+    settle_heap()
     runtime = web.state.runtime
     try:
         runtime.start_services()
@@ -156,7 +158,9 @@ def web_app() -> FastAPI:
     settings = load_settings()
     start_logging(settings)
     tune_interpreter()
-    return create_app(settings, engine=store_for(settings))
+    web = create_app(settings, engine=store_for(settings))
+    settle_heap()
+    return web
 
 
 def tune_interpreter() -> None:
@@ -165,6 +169,16 @@ def tune_interpreter() -> None:
     sooner from the threads parsing other requests, so the turn is held for less time (one
     A/B run under load: about a tenth more one-click unsubscribes a second)."""
     sys.setswitchinterval(0.0005)
+
+
+def settle_heap() -> None:
+    """Once the app is built, move everything alive to the collector's permanent generation
+    (``gc.freeze``): the modules, the schema, the routes and the templates are never
+    traversed again. A full collection under load had taken 100 ms, a pause every few
+    seconds that set the 99th percentile of one-click unsubscribes; now it only walks what
+    was made since."""
+    gc.collect()
+    gc.freeze()
 
 
 @app.command()
@@ -181,6 +195,7 @@ def worker(
     runtime = runtime_for(settings)
     delivery = runtime.delivery_worker()
     delivery.config = replace(delivery.config, batch=batch)
+    settle_heap()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
