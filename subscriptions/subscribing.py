@@ -44,6 +44,7 @@ from subscriptions.models import (
     ConsentPurpose,
     FormNonce,
     Magazine,
+    NoticeVersion,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -136,6 +137,25 @@ _DELIVERY_SUBJECT = (
     .where(_DELIVERY.c.id == bindparam("delivery"))
 )
 _MAGAZINES = core_select(_MAGAZINE.c.id, _MAGAZINE.c.slug)
+_ACTIVE_MAGAZINES = _MAGAZINES.where(
+    _MAGAZINE.c.slug.in_(bindparam("slugs", expanding=True)), _MAGAZINE.c.active
+)
+_NONCES = table_of(FormNonce)
+_NOTICES = table_of(NoticeVersion)
+_NOTICE_ON_FILE = core_select(_NOTICES.c.id).where(_NOTICES.c.content_hash == bindparam("hash"))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedSignUp:
+    """A sign-up that passed every check that writes nothing: what ``record_sign_up`` stores,
+    with the link key a new person gets and their confirmation mail, already rendered."""
+
+    email: str
+    request: SignUpRequest
+    nonce: str
+    evidence: Evidence
+    token_key: str
+    confirmation: OutgoingMail
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +201,18 @@ class OptIn:
         self, session: Session, request: SignUpRequest, client: Client, channel: ConsentChannel
     ) -> None:
         """Record a sign-up durably, or raise before writing anything."""
+        self.record_sign_up(session.connection(), self.check_sign_up(request, client, channel))
+        session.commit()
+
+    def check_sign_up(
+        self, request: SignUpRequest, client: Client, channel: ConsentChannel
+    ) -> CheckedSignUp:
+        """Every check of a sign-up that needs no database, and the work that needs no write
+        turn (the confirmation mail a new address will get is rendered here); raises
+        ``InvalidInput``, ``BadToken`` or ``RateLimited``."""
         email = normalise_address(request.email)
-        magazines = self._magazines(session, request.magazines)
+        if not request.magazines:
+            raise InvalidInput("magazines", N_("Choose at least one magazine."))
         if request.foreign_transfer and not request.joint_use:
             raise InvalidInput(
                 "foreign_transfer",
@@ -212,50 +242,72 @@ class OptIn:
             wait = limiter.check(key)
             if wait is not None:
                 raise RateLimited(refusal, retry_after=int(wait) + 1)
+        notice = self.notices.current(request.locale)
+        token_key = new_token_key()
+        return CheckedSignUp(
+            email=email,
+            request=request,
+            nonce=nonce,
+            evidence=Evidence(channel, client.ip, client.user_agent, notice.content_hash),
+            token_key=token_key,
+            confirmation=self._confirmation(email, request.locale, LinkKey(token_key)),
+        )
 
-        dialect = session.get_bind().dialect.name
-        fresh = insert_new(FormNonce, dialect).values(nonce=nonce, used_at=utcnow())
-        if session.execute(fresh.returning(table_of(FormNonce).c.nonce)).first() is None:
+    def record_sign_up(self, conn: Connection, checked: CheckedSignUp) -> None:
+        """Write a checked sign-up in ``conn``'s transaction; the caller commits. The
+        form's nonce is spent here, so a form sent twice is refused (``BadToken``) even when
+        both were checked at once; the magazines asked for are looked up here (in the
+        transaction that is there anyway: ``InvalidInput`` if one is unknown). A new address
+        asking for magazines only, the common case, is written with a few Core statements;
+        anything else goes through the ORM."""
+        magazines = self._magazines(conn, checked.request.magazines)
+        fresh = insert_new(FormNonce, conn.dialect.name).values(
+            nonce=checked.nonce, used_at=utcnow()
+        )
+        if conn.execute(fresh.returning(_NONCES.c.nonce)).first() is None:
             raise BadToken(N_("This form was already submitted. Please reload the page."))
-
-        notice = record_notice(session, self.notices.current(request.locale))
-        evidence = Evidence(channel, client.ip, client.user_agent, notice.content_hash)
-        if self._sign_up_new(session, email, request, magazines, evidence):
-            session.commit()
+        notice = self.notices.current(checked.request.locale)
+        if conn.execute(_NOTICE_ON_FILE, {"hash": notice.content_hash}).first() is None:
+            with Session(bind=conn) as session:
+                record_notice(session, notice)
+                session.commit()
+        if self._sign_up_new(conn, checked, magazines):
             return
-        subscriber = self._subscriber(session, email, request)
-        asked = [m for m in magazines if self.lifecycle.request(session, subscriber, m, evidence)]
-        asked_consents = self._grant_consents(session, subscriber, request, evidence)
-        self._notify(session, subscriber, needs_confirmation=bool(asked or asked_consents))
-        session.commit()
+        request, evidence = checked.request, checked.evidence
+        with Session(bind=conn, expire_on_commit=False) as session:
+            subscriber = self._subscriber(session, checked.email, request)
+            rows = session.exec(select(Magazine).where(col(Magazine.id).in_(magazines)))
+            by_id = {m.id: m for m in rows}
+            asked = [
+                by_id[i]
+                for i in magazines
+                if self.lifecycle.request(session, subscriber, by_id[i], evidence)
+            ]
+            asked_consents = self._grant_consents(session, subscriber, request, evidence)
+            self._notify(session, subscriber, needs_confirmation=bool(asked or asked_consents))
+            session.commit()
 
     def _sign_up_new(
-        self,
-        session: Session,
-        email: str,
-        request: SignUpRequest,
-        magazines: list[Magazine],
-        evidence: Evidence,
+        self, conn: Connection, checked: CheckedSignUp, magazines: dict[int, str]
     ) -> bool:
-        """The common sign-up, an address mailmag does not know asking for magazines only,
-        in a few Core statements: the person, their pending subscriptions with their grants,
-        the confirmation request. False (nothing written) for anything else, which takes the
+        """The common sign-up, an address mailmag does not know asking for magazines only:
+        the person, their pending subscriptions with their grants, the confirmation request
+        rendered beforehand. False (nothing written) for anything else, which takes the
         general path: a known address, joint use or transfer asked, or the same address
         signing up in another transaction a moment ago."""
+        request, email = checked.request, checked.email
         if request.joint_use or request.foreign_transfer:
             return False
-        conn = session.connection()
         if conn.execute(_BY_EMAIL, {"email": email}).first() is not None:
             return False
         now = utcnow()
-        token_key = new_token_key()
         digest = self.hasher.digest(email)
         person_id = conn.execute(
             insert_new(Subscriber, conn.dialect.name)
             .values(
                 email=email,
                 address_digest=digest,
-                token_key=token_key,
+                token_key=checked.token_key,
                 locale=request.locale,
                 notified_at=now,
                 created_at=now,
@@ -267,22 +319,24 @@ class OptIn:
         if person_id is None:
             return False
         person = Person(person_id, email, digest)
-        self.lifecycle.request_new(
-            conn, person, {m.id or 0: m.slug for m in magazines}, evidence, at=now
-        )
-        self.mailer.queue_on(conn, self._confirmation(email, request.locale, LinkKey(token_key)))
+        self.lifecycle.request_new(conn, person, magazines, checked.evidence, at=now)
+        self.mailer.queue_on(conn, checked.confirmation)
         return True
 
-    def _magazines(self, session: Session, slugs: list[str]) -> list[Magazine]:
+    @staticmethod
+    def _magazines(conn: Connection, slugs: list[str]) -> dict[int, str]:
+        """The active magazines asked for (id to slug, in the order asked), or
+        ``InvalidInput``."""
         wanted = list(dict.fromkeys(slugs))
         if not wanted:
             raise InvalidInput("magazines", N_("Choose at least one magazine."))
-        found = session.exec(
-            select(Magazine).where(col(Magazine.slug).in_(wanted)).where(Magazine.active)
-        ).all()
+        found: dict[int, str] = {
+            row.id: row.slug for row in conn.execute(_ACTIVE_MAGAZINES, {"slugs": wanted})
+        }
         if len(found) != len(wanted):
             raise InvalidInput("magazines", N_("One of the chosen magazines does not exist."))
-        return sorted(found, key=lambda m: wanted.index(m.slug))
+        by_slug = {slug: magazine_id for magazine_id, slug in found.items()}
+        return {by_slug[slug]: slug for slug in wanted}
 
     def _subscriber(self, session: Session, email: str, request: SignUpRequest) -> Subscriber:
         subscriber = session.exec(select(Subscriber).where(Subscriber.email == email)).first()

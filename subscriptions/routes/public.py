@@ -331,14 +331,14 @@ async def api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtim
 def _api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtime) -> Any:
     client = client_of(request)
 
-    def sign_up(conn: Connection) -> None:
-        # The session works in the savepoint the group commit gives this request: its
-        # commit ends the savepoint; the group's commit makes it durable before the answer.
-        with Session(bind=conn, expire_on_commit=False) as session:
-            runtime.optin.sign_up(session, signup, client, ConsentChannel.api)
+    def record(conn: Connection) -> None:  # in this request's savepoint of a group commit
+        runtime.optin.record_sign_up(conn, checked)
 
     try:
-        runtime.commits.run(sign_up)
+        # The checks and the confirmation mail's rendering run here, in parallel with other
+        # requests; only the writes wait for the group commit.
+        checked = runtime.optin.check_sign_up(signup, client, ConsentChannel.api)
+        runtime.commits.run(record)
     except InvalidInput as exc:
         return JSONResponse(Problem(detail=exc.message, field=exc.field).model_dump(), 422)
     except BadToken as exc:
