@@ -167,8 +167,8 @@ TABLE: dict[str, Rule] = {
     "GET /admin/static/{name}": PUBLIC,
     # captured mail (only mounted in development)
     "GET /_mail": PUBLIC,
-    "GET /_mail/{mail_id}": PUBLIC,
-    "GET /_mail/{mail_id}/raw": PUBLIC,
+    "GET /_mail/{key}": PUBLIC,
+    "GET /_mail/{key}/raw": PUBLIC,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import smtplib
 import subprocess
 import sys
@@ -206,6 +207,15 @@ def test_serve_runs_on_embedded_defaults_and_shows_captured_mail(
     assert listing.status_code == 200
     assert "日本語の件名" in listing.text
     assert "reader@example.org" in listing.text
+    # each captured mail opens, and shows its raw form (a mismatch between the route's and the
+    # access table's name for the key once made both a 403)
+    [link] = re.findall(r'href="(/_mail/[^"]+)"', listing.text)
+    shown = httpx.get(f"{base}{link}", timeout=5)
+    assert shown.status_code == 200
+    assert "日本語の件名" in shown.text
+    raw = httpx.get(f"{base}{link}/raw", timeout=5)
+    assert raw.status_code == 200
+    assert "reader@example.org" in raw.text
 
 
 def test_serve_logs_one_json_object_per_line_without_personal_data(
