@@ -38,6 +38,7 @@ class _Job(Generic[T]):
     work: Callable[[Connection], T]
     ready: threading.Event = field(default_factory=threading.Event)
     leads: bool = False
+    done: bool = False  # committed, or failed with ``error``
     result: Any = None
     error: BaseException | None = None
 
@@ -73,16 +74,20 @@ class GroupCommit:
         with self._mutex:
             batch = self._waiting[: self.max_batch]
             del self._waiting[: self.max_batch]
-        self._commit(batch)
-        with self._mutex:
-            if self._waiting:
-                successor = self._waiting[0]
-                successor.leads = True
-                successor.ready.set()
-            else:
-                self._writing = False
-        for job in batch:
-            job.ready.set()
+        try:
+            self._commit(batch)
+        finally:  # even if this thread is being torn down: nobody may wait for a lost turn
+            with self._mutex:
+                if self._waiting:
+                    successor = self._waiting[0]
+                    successor.leads = True
+                    successor.ready.set()
+                else:
+                    self._writing = False
+            for job in batch:
+                if not job.done:  # a BaseException went through: the batch did not commit
+                    job.error = job.error or RuntimeError("the group commit was interrupted")
+                job.ready.set()
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
         try:
@@ -100,3 +105,5 @@ class GroupCommit:
             for job in batch:
                 if job.error is None:
                     job.error = exc
+        for job in batch:
+            job.done = True

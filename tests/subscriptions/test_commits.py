@@ -118,3 +118,36 @@ def test_a_commit_that_fails_fails_every_job_of_its_batch(engine: Engine) -> Non
     assert isinstance(failed, IntegrityError)
     assert slugs(engine) == {"first"}
     assert commits.run(add("next")) == "next"
+
+
+class Interrupt(BaseException):
+    """What tears a thread down (like KeyboardInterrupt), not an error of the job."""
+
+
+def test_a_leader_torn_down_mid_batch_still_hands_the_turn_on(engine: Engine) -> None:
+    commits = GroupCommit(engine)
+    working, queued = threading.Event(), threading.Event()
+
+    def torn(conn: Connection) -> None:
+        working.set()
+        assert queued.wait(10)
+        add("never")(conn)
+        raise Interrupt
+
+    def run(job: Callable[[Connection], object]) -> object:
+        try:
+            return commits.run(job)
+        except Interrupt as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        leader = pool.submit(run, torn)
+        assert working.wait(10)
+        follower = pool.submit(run, add("after"))
+        while not commits._waiting:
+            pass
+        queued.set()
+        assert isinstance(leader.result(timeout=10), Interrupt)
+        assert follower.result(timeout=10) == "after"  # the turn was handed on
+    assert slugs(engine) == {"after"}
+    assert commits.run(add("later")) == "later"
