@@ -25,6 +25,16 @@ def slugs(engine: Engine) -> set[str]:
         return set(conn.execute(text("SELECT slug FROM magazine")).scalars())
 
 
+def outcome(
+    commits: GroupCommit, job: Callable[[Connection], object], caught: type[BaseException]
+) -> object:
+    """The job's result through ``commits``, or the exception of type ``caught`` it met."""
+    try:
+        return commits.run(job)
+    except caught as exc:
+        return exc
+
+
 def add(slug: str) -> Callable[[Connection], str]:
     def job(conn: Connection) -> str:
         conn.execute(ADD, {"slug": slug})
@@ -65,10 +75,7 @@ def test_a_failing_job_is_undone_alone_and_only_its_caller_sees_the_error(
 
     def run(job: Callable[[Connection], object]) -> object:
         barrier.wait()
-        try:
-            return commits.run(job)
-        except IntegrityError as exc:
-            return exc
+        return outcome(commits, job, IntegrityError)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(run, [add("before"), half_then_fail, add("after")]))
@@ -100,10 +107,7 @@ def test_a_commit_that_fails_fails_every_job_of_its_batch(engine: Engine) -> Non
         )
 
     def run(job: Callable[[Connection], object]) -> object:
-        try:
-            return commits.run(job)
-        except IntegrityError as exc:
-            return exc
+        return outcome(commits, job, IntegrityError)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         leader = pool.submit(run, first)
@@ -135,10 +139,7 @@ def test_a_leader_torn_down_mid_batch_still_hands_the_turn_on(engine: Engine) ->
         raise Interrupt
 
     def run(job: Callable[[Connection], object]) -> object:
-        try:
-            return commits.run(job)
-        except Interrupt as exc:
-            return exc
+        return outcome(commits, job, Interrupt)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         leader = pool.submit(run, torn)
