@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Request, Response, status
@@ -329,16 +330,11 @@ async def api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtim
 
 
 def _api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtime) -> Any:
-    client = client_of(request)
-
-    def record(conn: Connection) -> None:  # in this request's savepoint of a group commit
-        runtime.optin.record_sign_up(conn, checked)
-
     try:
         # The checks and the confirmation mail's rendering run here, in parallel with other
-        # requests; only the writes wait for the group commit.
-        checked = runtime.optin.check_sign_up(signup, client, ConsentChannel.api)
-        runtime.commits.run(record)
+        # requests; only the writes wait for the group commit (in a savepoint of its own).
+        checked = runtime.optin.check_sign_up(signup, client_of(request), ConsentChannel.api)
+        runtime.commits.run(partial(runtime.optin.record_sign_up, checked=checked))
     except InvalidInput as exc:
         return JSONResponse(Problem(detail=exc.message, field=exc.field).model_dump(), 422)
     except BadToken as exc:
