@@ -17,10 +17,10 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import bindparam, delete
+from sqlalchemy import bindparam, delete, or_
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -113,6 +113,15 @@ class LinkKey:
 
 
 @dataclass(frozen=True, slots=True)
+class UnsubscribeLink:
+    """A checked unsubscribe token: a delivery's, or a person's link key with its scope."""
+
+    delivery_id: int | None = None
+    key: str = ""
+    scope: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Unsubscribing:
     """The person an unsubscribe link names, and the magazines (id to slug) it covers."""
 
@@ -127,7 +136,17 @@ _MAGAZINE = table_of(Magazine)
 _DELIVERY = table_of(Delivery)
 _ISSUE = table_of(Issue)
 _SUBJECT = (_PEOPLE.c.id, _PEOPLE.c.email, _PEOPLE.c.address_digest, _PEOPLE.c.token_key)
-_KEY_SUBJECT = core_select(*_SUBJECT).where(_PEOPLE.c.token_key == bindparam("key"))
+# A person's link: the person and the magazines its scope names (all for an empty scope), in
+# one query; one row with no magazine when none matches.
+_KEY_SUBJECT = (
+    core_select(*_SUBJECT, _MAGAZINE.c.id.label("magazine_id"), _MAGAZINE.c.slug)
+    .select_from(_PEOPLE)
+    .outerjoin(
+        _MAGAZINE,
+        or_(_MAGAZINE.c.slug == bindparam("scope"), bindparam("scope") == ""),
+    )
+    .where(_PEOPLE.c.token_key == bindparam("key"))
+)
 _DELIVERY_SUBJECT = (
     core_select(*_SUBJECT, _MAGAZINE.c.id.label("magazine_id"), _MAGAZINE.c.slug)
     .select_from(_DELIVERY)
@@ -478,27 +497,33 @@ class OptIn:
             return subscriber, ""
         return subscriber, slug
 
-    def unsubscribing(self, conn: Connection, token: str) -> Unsubscribing:
-        """Whom an unsubscribe link names and the magazines it covers (its issue's, the one
-        its scope names, or all with an empty scope), read on ``conn`` without the ORM: the
-        one-click path. ``BadToken`` for a link that is not good."""
-        row: Any = None
+    def unsubscribe_link(self, token: str) -> UnsubscribeLink:
+        """What an unsubscribe link's token says, checked without the database (its
+        signature, seal and age): a delivery, or a person's link key and scope. ``BadToken``
+        for a token that is not good."""
         if len(token) == TOKEN_LENGTH:
             delivery_id = self.deliveries.read(token)
-            if delivery_id is not None:
-                row = conn.execute(_DELIVERY_SUBJECT, {"delivery": delivery_id}).first()
-            if row is None:
+            if delivery_id is None:
                 raise BadToken(N_("This link is not valid."))
-            if row.id is None:
-                raise BadToken(N_("This link is no longer valid."))
-            magazines = {int(row.magazine_id): str(row.slug)}
+            return UnsubscribeLink(delivery_id=delivery_id)
+        key, scope = self.links.read(Action.unsubscribe, token)
+        return UnsubscribeLink(key=key, scope=scope)
+
+    @staticmethod
+    def unsubscribing(conn: Connection, link: UnsubscribeLink) -> Unsubscribing:
+        """Whom an unsubscribe link names and the magazines it covers (its issue's, the one
+        its scope names, or all with an empty scope), read on ``conn`` in one query, without
+        the ORM: the one-click path. ``BadToken`` for a link whose person is gone."""
+        if link.delivery_id is not None:
+            rows = conn.execute(_DELIVERY_SUBJECT, {"delivery": link.delivery_id}).all()
+            if not rows:
+                raise BadToken(N_("This link is not valid."))
         else:
-            key, scope = self.links.read(Action.unsubscribe, token)
-            row = conn.execute(_KEY_SUBJECT, {"key": key}).first()
-            if row is None:
-                raise BadToken(N_("This link is no longer valid."))
-            chosen = _MAGAZINES.where(_MAGAZINE.c.slug == scope) if scope else _MAGAZINES
-            magazines = {int(m): str(slug) for m, slug in conn.execute(chosen)}
+            rows = conn.execute(_KEY_SUBJECT, {"key": link.key, "scope": link.scope}).all()
+        if not rows or rows[0].id is None:
+            raise BadToken(N_("This link is no longer valid."))
+        row = rows[0]
+        magazines = {int(r.magazine_id): str(r.slug) for r in rows if r.magazine_id is not None}
         person = Person(row.id, row.email, row.address_digest)
         return Unsubscribing(person, row.token_key, magazines)
 

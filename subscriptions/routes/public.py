@@ -574,8 +574,9 @@ def unsubscribe_submit(
 ) -> Response:
     """Unsubscribe at once: the page's button, or RFC 8058 one-click from a mail client.
 
-    One write transaction reads the link's person and ends whatever of theirs it covers
-    that is still live, each with its withdrawal in the ledger, and commits before the
+    The token is checked first, in the request's thread; then one write transaction (in a
+    group commit) reads the link's person and ends whatever of theirs it covers that is
+    still live, each with its withdrawal in the ledger, and commits before the
     answer; a repeated click finds nothing live and writes nothing. The hot path of the
     public side: Core statements, no ORM."""
     locale = locale_of(request, lang)
@@ -585,11 +586,12 @@ def unsubscribe_submit(
     evidence = Evidence(channel, client.ip, client.user_agent)
 
     def unsubscribe(conn: Connection) -> Unsubscribing:
-        found = runtime.optin.unsubscribing(conn, token)
+        found = runtime.optin.unsubscribing(conn, link)
         runtime.optin.lifecycle.end_on(conn, found.person, found.magazines, evidence)
         return found
 
     try:
+        link = runtime.optin.unsubscribe_link(token)  # checked here, outside the write turn
         found = runtime.commits.run(unsubscribe)
     except BadToken as exc:
         if one_click is None:

@@ -203,3 +203,41 @@ def test_preferences_change_magazines_profile_and_joint_use(
     assert withdrawn == foreign
     page = client.get(preferences)
     assert "Your consent history" in page.text
+
+
+def test_a_link_without_a_scope_ends_every_magazine_at_once(
+    client: TestClient, app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    """The one-click path reads the person and the magazines a link covers in one query:
+    a scoped link ends its magazine only, a link without a scope ends them all."""
+    address = "both@example.org"
+    subscribe(client, address, magazines=["weekly", "events"])
+    client.post(local(link_in(smtp_server.wait_for(1)[0].message(), "/confirm/")))
+    with Session(engine) as session:
+        person = session.exec(select(Subscriber).where(Subscriber.email == address)).one()
+    links = runtime_of(app).links
+
+    def one_click(scope: str) -> int:
+        answer = client.post(
+            local(links.url(Action.unsubscribe, person, scope)),
+            content="List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        return answer.status_code
+
+    def statuses() -> dict[int, SubscriptionStatus]:
+        with Session(engine) as session:
+            rows = session.exec(
+                select(Subscription).where(Subscription.subscriber_id == person.id)
+            ).all()
+        return {row.magazine_id: row.status for row in rows}
+
+    assert set(statuses().values()) == {SubscriptionStatus.confirmed}
+    assert one_click("events") == 200
+    assert sorted(s.value for s in statuses().values()) == ["confirmed", "unsubscribed"]
+    assert one_click("") == 200
+    assert set(statuses().values()) == {SubscriptionStatus.unsubscribed}
+    withdrawn = [e.scope for e in events(engine) if e.action is ConsentAction.withdrawn]
+    assert sorted(withdrawn) == ["events", "weekly"]  # each magazine withdrawn once
+    assert one_click("nosuchmagazine") == 200  # names nothing live: nothing changes
+    assert len([e for e in events(engine) if e.action is ConsentAction.withdrawn]) == 2
