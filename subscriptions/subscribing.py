@@ -509,6 +509,15 @@ class OptIn:
         key, scope = self.links.read(Action.unsubscribe, token)
         return UnsubscribeLink(key=key, scope=scope)
 
+    def unsubscribe(
+        self, conn: Connection, link: UnsubscribeLink, evidence: Evidence
+    ) -> Unsubscribing:
+        """End, in ``conn``'s transaction, whatever of the link's person it covers that is
+        still live, each with its withdrawal in the ledger; a repeat finds nothing live."""
+        found = self.unsubscribing(conn, link)
+        self.lifecycle.end_on(conn, found.person, found.magazines, evidence)
+        return found
+
     @staticmethod
     def unsubscribing(conn: Connection, link: UnsubscribeLink) -> Unsubscribing:
         """Whom an unsubscribe link names and the magazines it covers (its issue's, the one

@@ -17,7 +17,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ValidationError
-from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
@@ -27,7 +26,7 @@ from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
 from subscriptions.models import ConsentChannel, Magazine, localised
 from subscriptions.runtime import Runtime
-from subscriptions.subscribing import PROFILE, Client, SignUpRequest, Unsubscribing
+from subscriptions.subscribing import PROFILE, Client, SignUpRequest
 from subscriptions.tokens import Action
 
 router = APIRouter(tags=["subscriber pages"])
@@ -585,14 +584,11 @@ def unsubscribe_submit(
     channel = ConsentChannel.one_click if one_click == "One-Click" else ConsentChannel.link
     evidence = Evidence(channel, client.ip, client.user_agent)
 
-    def unsubscribe(conn: Connection) -> Unsubscribing:
-        found = runtime.optin.unsubscribing(conn, link)
-        runtime.optin.lifecycle.end_on(conn, found.person, found.magazines, evidence)
-        return found
-
     try:
         link = runtime.optin.unsubscribe_link(token)  # checked here, outside the write turn
-        found = runtime.commits.run(unsubscribe)
+        found = runtime.commits.run(
+            partial(runtime.optin.unsubscribe, link=link, evidence=evidence)
+        )
     except BadToken as exc:
         if one_click is None:
             raise
