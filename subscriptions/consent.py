@@ -123,8 +123,7 @@ def _tip(conn: Connection) -> tuple[int, str]:
     return int(head.seq), str(head.last_hash)
 
 
-def append_event(
-    conn: Connection,
+def event_row(
     *,
     subscriber_id: int | None,
     subject_digest: str,
@@ -133,15 +132,9 @@ def append_event(
     evidence: Evidence,
     scope: str = "",
     occurred_at: datetime | None = None,
-) -> None:
-    """Add one event at the end of the chain, in the transaction of ``conn`` (an ORM caller
-    flushes first and passes ``session.connection()``): the head locked and read, the row
-    inserted, the head moved, without the ORM (a one-click unsubscribe runs this)."""
-    seq, prev = _tip(conn)
-    ip = evidence.ip[:45] if evidence.ip else None
-    user_agent = evidence.user_agent[:512] if evidence.user_agent else None
-    row: dict[str, Any] = {
-        "seq": seq + 1,
+) -> dict[str, Any]:
+    """An event as ``append_rows`` takes it: everything but its place in the chain."""
+    return {
         "subscriber_id": subscriber_id,
         "subject_digest": subject_digest,
         "purpose": purpose.value,
@@ -151,40 +144,44 @@ def append_event(
         "notice_hash": evidence.notice_hash,
         # microsecond precision is what both databases keep, so the hash survives storage
         "occurred_at": occurred_at or utcnow(),
-        "ip": ip,
-        "user_agent": user_agent,
-        "personal_digest": personal_digest(ip, user_agent),
-        "personal_erased": False,
-        "purged": False,
+        "ip": evidence.ip[:45] if evidence.ip else None,
+        "user_agent": evidence.user_agent[:512] if evidence.user_agent else None,
         "import_batch_id": None,
-        "prev_hash": prev,
     }
-    row["row_hash"] = _hash_row(**row)
-    conn.execute(_INSERT_EVENT, row)
-    conn.execute(_MOVE_HEAD, {"new_seq": row["seq"], "new_hash": row["row_hash"]})
 
 
-def append_many(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Append many events at once (imports): ``rows`` hold ``subscriber_id``,
-    ``subject_digest``, ``purpose``, ``scope``, ``action``, ``channel``, ``notice_hash``,
-    ``occurred_at``, ``user_agent`` and ``import_batch_id``; positions and hashes are
-    assigned here, in order, under the same head lock as ``append``."""
+def append_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Add events at the end of the chain, in order, in the transaction of ``conn`` (an ORM
+    caller flushes first and passes ``session.connection()``): the head locked and read once,
+    the rows inserted in one statement, the head moved once. ``rows`` hold
+    ``subscriber_id``, ``subject_digest``, ``purpose``, ``scope``, ``action``, ``channel``,
+    ``notice_hash``, ``occurred_at``, ``ip``, ``user_agent`` and ``import_batch_id``
+    (``event_row`` builds one); positions and hashes are assigned here."""
     if not rows:
         return
-    session.flush()
-    conn = session.connection()
     seq, prev = _tip(conn)
     for row in rows:
         seq += 1
         row["seq"] = seq
-        row["ip"] = None
-        row["personal_digest"] = personal_digest(None, row["user_agent"])
+        row["personal_digest"] = personal_digest(row["ip"], row["user_agent"])
         row["personal_erased"] = False
         row["purged"] = False
         row["prev_hash"] = prev
         prev = row["row_hash"] = _hash_row(**row)
     conn.execute(_INSERT_EVENT, rows)
     conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+
+
+def append_many(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Append many events at once (imports): ``rows`` hold ``subscriber_id``,
+    ``subject_digest``, ``purpose``, ``scope``, ``action``, ``channel``, ``notice_hash``,
+    ``occurred_at``, ``user_agent`` and ``import_batch_id``; no IP address is kept."""
+    if not rows:
+        return
+    session.flush()
+    for row in rows:
+        row["ip"] = None
+    append_rows(session.connection(), rows)
 
 
 def erase_personal_fields(session: Session, *, subscriber_id: int) -> int:

@@ -15,10 +15,11 @@ subscription row, their state is the latest event in the ledger.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import bindparam, insert, tuple_, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, select
 
@@ -44,13 +45,24 @@ _SUBSCRIPTIONS = table_of(Subscription)
 _END = (
     update(_SUBSCRIPTIONS)
     .where(
-        _SUBSCRIPTIONS.c.subscriber_id == bindparam("person"),
-        _SUBSCRIPTIONS.c.magazine_id.in_(bindparam("magazines", expanding=True)),
+        tuple_(_SUBSCRIPTIONS.c.subscriber_id, _SUBSCRIPTIONS.c.magazine_id).in_(
+            bindparam("pairs", expanding=True)
+        ),
         _SUBSCRIPTIONS.c.status.in_(LIVE),
     )
     .values(status=bindparam("to"), ended_at=bindparam("now"))
-    .returning(_SUBSCRIPTIONS.c.magazine_id)
+    .returning(_SUBSCRIPTIONS.c.subscriber_id, _SUBSCRIPTIONS.c.magazine_id)
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """A person's request to end some of their subscriptions: the magazines (id to slug, in
+    the order their withdrawals are recorded) and how the request came."""
+
+    person: Person
+    magazines: Mapping[int, str]
+    evidence: Evidence
 
 
 class Lifecycle:
@@ -70,8 +82,7 @@ class Lifecycle:
         if action is ConsentAction.withdrawn:
             parties.notify(session, subscriber, purpose, scope, evidence.channel)
         session.flush()  # the subscriber row (and anything else pending) before its event
-        consent.append_event(
-            session.connection(),
+        event = consent.event_row(
             subscriber_id=subscriber.id,
             subject_digest=self.hasher.digest(subscriber.email),
             purpose=purpose,
@@ -80,6 +91,7 @@ class Lifecycle:
             evidence=evidence,
             occurred_at=at,
         )
+        consent.append_rows(session.connection(), [event])
 
     # --- magazines ---------------------------------------------------------------------------
 
@@ -146,17 +158,21 @@ class Lifecycle:
             ],
         )
         digest = self.hasher.digest(person.email)
-        for slug in magazines.values():
-            consent.append_event(
-                conn,
-                subscriber_id=person.id,
-                subject_digest=digest,
-                purpose=ConsentPurpose.magazine,
-                action=ConsentAction.granted,
-                evidence=evidence,
-                scope=slug,
-                occurred_at=at,
-            )
+        consent.append_rows(
+            conn,
+            [
+                consent.event_row(
+                    subscriber_id=person.id,
+                    subject_digest=digest,
+                    purpose=ConsentPurpose.magazine,
+                    action=ConsentAction.granted,
+                    evidence=evidence,
+                    scope=slug,
+                    occurred_at=at,
+                )
+                for slug in magazines.values()
+            ],
+        )
 
     def confirm(self, session: Session, subscriber: Subscriber, evidence: Evidence) -> int:
         """Confirm everything the person asked for and has not yet confirmed."""
@@ -231,37 +247,52 @@ class Lifecycle:
         evidence: Evidence,
         status: SubscriptionStatus = SubscriptionStatus.unsubscribed,
     ) -> int:
-        """``end`` on a connection, in its transaction: the live subscriptions among
-        ``magazines`` (id to slug) end, each with its withdrawal in the ledger and notices
-        to the parties that hold the address. An ended one is left as it is, so a repeated
-        request changes nothing."""
+        """``end`` on a connection, in its transaction, without the ORM."""
+        return self.end_all(conn, [Ending(person, magazines, evidence)], status)[0]
+
+    def end_all(
+        self,
+        conn: Connection,
+        endings: Sequence[Ending],
+        status: SubscriptionStatus = SubscriptionStatus.unsubscribed,
+    ) -> list[int]:
+        """Many ``end_on`` in a few statements, whatever their number (the one-clicks of a
+        group commit): the live subscriptions among each ending's magazines end, each with
+        its withdrawal in the ledger and notices to the parties that hold the address. An
+        ended one is left as it is, so a repeated request changes nothing; two requests for
+        the same subscription end it once, for the first. Returns how many each ended."""
         assert status in (SubscriptionStatus.unsubscribed, SubscriptionStatus.suppressed)
-        if not magazines:
-            return 0
+        pairs = sorted({(e.person.id, m) for e in endings for m in e.magazines})
+        if not pairs:
+            return [0] * len(endings)
         now = utcnow()
-        ended = conn.execute(
-            _END,
-            {"person": person.id, "magazines": list(magazines), "to": status, "now": now},
-        ).scalars()
-        order = list(magazines)
-        digest = self.hasher.digest(person.email)
-        count = 0
-        for magazine_id in sorted(ended, key=order.index):
-            slug = magazines[magazine_id]
-            purpose = ConsentPurpose.magazine
-            parties.notify_holders(conn, person, purpose, slug, evidence.channel)
-            consent.append_event(
-                conn,
-                subscriber_id=person.id,
-                subject_digest=digest,
-                purpose=purpose,
-                action=ConsentAction.withdrawn,
-                evidence=evidence,
-                scope=slug,
-                occurred_at=now,
-            )
-            count += 1
-        return count
+        ended_rows = conn.execute(_END, {"pairs": pairs, "to": status, "now": now})
+        live = {(int(person), int(magazine)) for person, magazine in ended_rows}
+        counts, withdrawals, events = [], [], []
+        purpose = ConsentPurpose.magazine
+        for ending in endings:
+            person, evidence = ending.person, ending.evidence
+            ended = [m for m in ending.magazines if (person.id, m) in live]
+            live.difference_update((person.id, m) for m in ended)
+            digest = self.hasher.digest(person.email) if ended else ""
+            for magazine_id in ended:
+                slug = ending.magazines[magazine_id]
+                withdrawals.append(parties.Withdrawal(person, purpose, slug, evidence.channel))
+                events.append(
+                    consent.event_row(
+                        subscriber_id=person.id,
+                        subject_digest=digest,
+                        purpose=purpose,
+                        action=ConsentAction.withdrawn,
+                        evidence=evidence,
+                        scope=slug,
+                        occurred_at=now,
+                    )
+                )
+            counts.append(len(ended))
+        parties.notify_all(conn, withdrawals)
+        consent.append_rows(conn, events)
+        return counts
 
     # --- joint use and foreign transfer ------------------------------------------------------
 

@@ -33,23 +33,27 @@ EVERYONE = (ConsentChannel.erasure, ConsentChannel.complaint)
 
 _HOLDERS = text(
     """
-    SELECT DISTINCT d.processor, 'processor' FROM delivery d
-    WHERE d.subscriber_id = :subscriber AND d.processor IS NOT NULL
+    SELECT DISTINCT d.subscriber_id, d.processor, 'processor' FROM delivery d
+    WHERE d.subscriber_id IN :subscribers AND d.processor IS NOT NULL
       AND d.status IN ('sending', 'sent', 'failed', 'deferred')
     UNION
-    SELECT DISTINCT r.party, 'joint_user' FROM transfer_subject s
+    SELECT DISTINCT s.subscriber_id, r.party, 'joint_user' FROM transfer_subject s
     JOIN transfer_record r ON r.id = s.transfer_id
-    WHERE s.subscriber_id = :subscriber AND r.party_kind = 'joint_user'
+    WHERE s.subscriber_id IN :subscribers AND r.party_kind = 'joint_user'
     """
-)
+).bindparams(bindparam("subscribers", expanding=True))
 
 
-def holders(conn: Connection, subscriber_id: int) -> set[tuple[str, str]]:
-    """(party, kind) pairs that received this person's data: processors a message to them was
-    handed to (or is with), joint users that received them in an export. One query: it runs
-    on every withdrawal."""
-    rows = conn.execute(_HOLDERS, {"subscriber": subscriber_id}).all()
-    return {(party, kind) for party, kind in rows if party}
+def holders(conn: Connection, subscriber_ids: list[int]) -> dict[int, set[tuple[str, str]]]:
+    """Who received each of these people's data, in one query (it runs on every
+    withdrawal): person id to (party, kind) pairs, the processors a message to them was
+    handed to (or is with) and the joint users that received them in an export; people
+    nobody holds are left out."""
+    held: dict[int, set[tuple[str, str]]] = {}
+    for subscriber_id, party, kind in conn.execute(_HOLDERS, {"subscribers": subscriber_ids}):
+        if party:
+            held.setdefault(subscriber_id, set()).add((party, kind))
+    return held
 
 
 def notify(
@@ -81,11 +85,33 @@ class Person:
     address_digest: str
 
 
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """One withdrawal the parties may need to hear of: whose, of what, and how it came."""
+
+    person: Person
+    purpose: ConsentPurpose
+    scope: str
+    channel: ConsentChannel
+
+    @property
+    def change(self) -> str:
+        if self.channel is ConsentChannel.erasure:
+            return "erased"
+        return f"{self.purpose.value} withdrawn" + (f" ({self.scope})" if self.scope else "")
+
+    def concerns(self, kind: str) -> bool:
+        """Whether a party of this kind must be told."""
+        return (
+            self.channel in EVERYONE
+            or (kind == "processor" and self.purpose is ConsentPurpose.magazine)
+            or (kind == "joint_user" and self.purpose is not ConsentPurpose.magazine)
+        )
+
+
 _NOTICES = table_of(PartyNotice)
-_PENDING = select(_NOTICES.c.id).where(
-    _NOTICES.c.party == bindparam("party"),
-    _NOTICES.c.subject_digest == bindparam("digest"),
-    _NOTICES.c.change == bindparam("change"),
+_PENDING = select(_NOTICES.c.party, _NOTICES.c.subject_digest, _NOTICES.c.change).where(
+    _NOTICES.c.subject_digest.in_(bindparam("digests", expanding=True))
 )
 
 
@@ -97,35 +123,47 @@ def notify_holders(
     channel: ConsentChannel,
 ) -> int:
     """``notify`` on a connection, in its transaction, without the ORM."""
-    change = (
-        "erased"
-        if channel is ConsentChannel.erasure
-        else (f"{purpose.value} withdrawn" + (f" ({scope})" if scope else ""))
-    )
-    written = 0
-    for party, kind in sorted(holders(conn, person.id)):
-        concerned = (
-            channel in EVERYONE
-            or (kind == "processor" and purpose is ConsentPurpose.magazine)
-            or (kind == "joint_user" and purpose is not ConsentPurpose.magazine)
-        )
-        if not concerned:
+    return notify_all(conn, [Withdrawal(person, purpose, scope, channel)])
+
+
+def notify_all(conn: Connection, withdrawals: list[Withdrawal]) -> int:
+    """The notices many withdrawals call for, in a few statements whatever their number: who
+    holds each person, which notices are already pending, and one insert of the rest (a
+    party is told of a change once, until it collects the notice). Returns how many were
+    written."""
+    if not withdrawals:
+        return 0
+    held = holders(conn, sorted({w.person.id for w in withdrawals}))
+    due = [
+        (party, kind, w)
+        for w in withdrawals
+        for party, kind in sorted(held.get(w.person.id, ()))
+        if w.concerns(kind)
+    ]
+    if not due:
+        return 0
+    digests = sorted({w.person.address_digest for _, _, w in due})
+    told = {tuple(row) for row in conn.execute(_PENDING, {"digests": digests})}
+    now = utcnow()
+    rows = []
+    for party, kind, w in due:
+        key = (party, w.person.address_digest, w.change)
+        if key in told:
             continue
-        key = {"party": party, "digest": person.address_digest, "change": change}
-        if conn.execute(_PENDING, key).first() is None:
-            conn.execute(
-                insert(_NOTICES),
-                {
-                    "party": party,
-                    "party_kind": kind,
-                    "subject_digest": person.address_digest,
-                    "address": person.email,
-                    "change": change,
-                    "created_at": utcnow(),
-                },
-            )
-            written += 1
-    return written
+        told.add(key)
+        rows.append(
+            {
+                "party": party,
+                "party_kind": kind,
+                "subject_digest": w.person.address_digest,
+                "address": w.person.email,
+                "change": w.change,
+                "created_at": now,
+            }
+        )
+    if rows:
+        conn.execute(insert(_NOTICES), rows)
+    return len(rows)
 
 
 def pending(session: Session, party: str) -> list[PartyNotice]:

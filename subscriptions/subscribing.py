@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import bindparam, delete, or_
+from sqlalchemy import bindparam, delete
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -36,7 +37,7 @@ from subscriptions.consent import Evidence
 from subscriptions.db import insert_new, table_of
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import N_
-from subscriptions.lifecycle import Lifecycle
+from subscriptions.lifecycle import Ending, Lifecycle
 from subscriptions.links import Links, Named
 from subscriptions.models import (
     ConsentAction,
@@ -136,26 +137,24 @@ _MAGAZINE = table_of(Magazine)
 _DELIVERY = table_of(Delivery)
 _ISSUE = table_of(Issue)
 _SUBJECT = (_PEOPLE.c.id, _PEOPLE.c.email, _PEOPLE.c.address_digest, _PEOPLE.c.token_key)
-# A person's link: the person and the magazines its scope names (all for an empty scope), in
-# one query; one row with no magazine when none matches.
-_KEY_SUBJECT = (
-    core_select(*_SUBJECT, _MAGAZINE.c.id.label("magazine_id"), _MAGAZINE.c.slug)
-    .select_from(_PEOPLE)
-    .outerjoin(
-        _MAGAZINE,
-        or_(_MAGAZINE.c.slug == bindparam("scope"), bindparam("scope") == ""),
-    )
-    .where(_PEOPLE.c.token_key == bindparam("key"))
+_KEY_SUBJECTS = core_select(*_SUBJECT).where(
+    _PEOPLE.c.token_key.in_(bindparam("keys", expanding=True))
 )
-_DELIVERY_SUBJECT = (
-    core_select(*_SUBJECT, _MAGAZINE.c.id.label("magazine_id"), _MAGAZINE.c.slug)
+_DELIVERY_SUBJECTS = (
+    core_select(
+        _DELIVERY.c.id.label("delivery_id"),
+        *_SUBJECT,
+        _MAGAZINE.c.id.label("magazine_id"),
+        _MAGAZINE.c.slug,
+    )
     .select_from(_DELIVERY)
     .join(_ISSUE, _ISSUE.c.id == _DELIVERY.c.issue_id)
     .join(_MAGAZINE, _MAGAZINE.c.id == _ISSUE.c.magazine_id)
     .outerjoin(_PEOPLE, _PEOPLE.c.id == _DELIVERY.c.subscriber_id)
-    .where(_DELIVERY.c.id == bindparam("delivery"))
+    .where(_DELIVERY.c.id.in_(bindparam("deliveries", expanding=True)))
 )
 _MAGAZINES = core_select(_MAGAZINE.c.id, _MAGAZINE.c.slug)
+_EVERY_MAGAZINE = _MAGAZINES.order_by(_MAGAZINE.c.id)
 _ACTIVE_MAGAZINES = _MAGAZINES.where(
     _MAGAZINE.c.slug.in_(bindparam("slugs", expanding=True)), _MAGAZINE.c.active
 )
@@ -513,28 +512,71 @@ class OptIn:
         self, conn: Connection, link: UnsubscribeLink, evidence: Evidence
     ) -> Unsubscribing:
         """End, in ``conn``'s transaction, whatever of the link's person it covers that is
-        still live, each with its withdrawal in the ledger; a repeat finds nothing live."""
-        found = self.unsubscribing(conn, link)
-        self.lifecycle.end_on(conn, found.person, found.magazines, evidence)
+        still live, each with its withdrawal in the ledger; a repeat finds nothing live.
+        ``BadToken`` for a link whose person is gone."""
+        found = self.unsubscribe_all(conn, [(link, evidence)])[0]
+        if isinstance(found, BadToken):
+            raise found
+        return found
+
+    def unsubscribe_all(
+        self, conn: Connection, requests: Sequence[tuple[UnsubscribeLink, Evidence]]
+    ) -> list[Unsubscribing | BadToken]:
+        """``unsubscribe`` for many links at once, in a few statements whatever their number
+        (the one-clicks of a group commit): one outcome per request, in order, a
+        ``BadToken`` (having written nothing) for a link whose person is gone."""
+        found = self.unsubscribing(conn, [link for link, _ in requests])
+        endings = [
+            Ending(named.person, named.magazines, evidence)
+            for named, (_, evidence) in zip(found, requests, strict=True)
+            if not isinstance(named, BadToken)
+        ]
+        self.lifecycle.end_all(conn, endings)
         return found
 
     @staticmethod
-    def unsubscribing(conn: Connection, link: UnsubscribeLink) -> Unsubscribing:
-        """Whom an unsubscribe link names and the magazines it covers (its issue's, the one
-        its scope names, or all with an empty scope), read on ``conn`` in one query, without
-        the ORM: the one-click path. ``BadToken`` for a link whose person is gone."""
-        if link.delivery_id is not None:
-            rows = conn.execute(_DELIVERY_SUBJECT, {"delivery": link.delivery_id}).all()
-            if not rows:
-                raise BadToken(N_("This link is not valid."))
-        else:
-            rows = conn.execute(_KEY_SUBJECT, {"key": link.key, "scope": link.scope}).all()
-        if not rows or rows[0].id is None:
-            raise BadToken(N_("This link is no longer valid."))
-        row = rows[0]
-        magazines = {int(r.magazine_id): str(r.slug) for r in rows if r.magazine_id is not None}
-        person = Person(row.id, row.email, row.address_digest)
-        return Unsubscribing(person, row.token_key, magazines)
+    def unsubscribing(
+        conn: Connection, links: Sequence[UnsubscribeLink]
+    ) -> list[Unsubscribing | BadToken]:
+        """Whom each unsubscribe link names and the magazines it covers (its issue's, the one
+        its scope names, or all with an empty scope), read on ``conn`` without the ORM: one
+        query for the links with a key, one for the magazines, one for delivery links.
+        ``BadToken`` for a link whose person is gone."""
+        keys = sorted({link.key for link in links if link.delivery_id is None})
+        deliveries = sorted({link.delivery_id for link in links if link.delivery_id is not None})
+        people = {}
+        magazines: dict[int, str] = {}
+        if keys:
+            people = {row.token_key: row for row in conn.execute(_KEY_SUBJECTS, {"keys": keys})}
+            magazines = {int(m.id): str(m.slug) for m in conn.execute(_EVERY_MAGAZINE)}
+        sent = {}
+        if deliveries:
+            sent = {
+                row.delivery_id: row
+                for row in conn.execute(_DELIVERY_SUBJECTS, {"deliveries": deliveries})
+            }
+        outcomes: list[Unsubscribing | BadToken] = []
+        for link in links:
+            row: Any
+            if link.delivery_id is not None:
+                row = sent.get(link.delivery_id)
+                if row is None:
+                    outcomes.append(BadToken(N_("This link is not valid.")))
+                    continue
+                covers = {int(row.magazine_id): str(row.slug)}
+            else:
+                row = people.get(link.key)
+                covers = {
+                    id_: slug
+                    for id_, slug in magazines.items()
+                    if not link.scope or slug == link.scope
+                }
+            if row is None or row.id is None:
+                outcomes.append(BadToken(N_("This link is no longer valid.")))
+                continue
+            person = Person(row.id, row.email, row.address_digest)
+            outcomes.append(Unsubscribing(person, row.token_key, covers))
+        return outcomes
 
     def pending_titles(self, session: Session, subscriber: Subscriber, locale: str) -> list[str]:
         rows = session.exec(

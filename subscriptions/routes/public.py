@@ -574,10 +574,10 @@ def unsubscribe_submit(
     """Unsubscribe at once: the page's button, or RFC 8058 one-click from a mail client.
 
     The token is checked first, in the request's thread; then one write transaction (in a
-    group commit) reads the link's person and ends whatever of theirs it covers that is
-    still live, each with its withdrawal in the ledger, and commits before the
-    answer; a repeated click finds nothing live and writes nothing. The hot path of the
-    public side: Core statements, no ORM."""
+    group commit, together with the other unsubscribes waiting) reads the link's person and
+    ends whatever of theirs it covers that is still live, each with its withdrawal in the
+    ledger, and commits before the answer; a repeated click finds nothing live and writes
+    nothing. The hot path of the public side: Core statements, no ORM."""
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
     client = client_of(request)
@@ -586,9 +586,7 @@ def unsubscribe_submit(
 
     try:
         link = runtime.optin.unsubscribe_link(token)  # checked here, outside the write turn
-        found = runtime.commits.run(
-            partial(runtime.optin.unsubscribe, link=link, evidence=evidence)
-        )
+        found = runtime.commits.run_together(runtime.optin.unsubscribe_all, (link, evidence))
     except BadToken as exc:
         if one_click is None:
             raise

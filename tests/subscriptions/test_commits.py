@@ -152,3 +152,80 @@ def test_a_leader_torn_down_mid_batch_still_hands_the_turn_on(engine: Engine) ->
         assert follower.result(timeout=10) == "after"  # the turn was handed on
     assert slugs(engine) == {"after"}
     assert commits.run(add("later")) == "later"
+
+
+def add_all(calls: list[int]) -> Callable[[Connection, list[str]], list[str | Exception]]:
+    """Adds its slugs in one go, or fails with the first taken one; a slug starting with
+    'bad' is refused on its own, without writing."""
+
+    def together(conn: Connection, items: list[str]) -> list[str | Exception]:
+        calls.append(len(items))
+        outcomes: list[str | Exception] = []
+        for slug in items:
+            if slug.startswith("bad"):
+                outcomes.append(ValueError(slug))
+            else:
+                conn.execute(ADD, {"slug": slug})
+                outcomes.append(slug)
+        return outcomes
+
+    return together
+
+
+def gathered(
+    commits: GroupCommit,
+    together: Callable[[Connection, list[str]], list[str | Exception]],
+    items: list[str],
+) -> list[object]:
+    """Every item through ``run_together`` from its own thread, queued behind one job that
+    holds the turn until they all wait, so they make one batch; each outcome or error."""
+    working, queued = threading.Event(), threading.Event()
+
+    def hold(conn: Connection) -> str:
+        working.set()
+        assert queued.wait(10)
+        return "held"
+
+    def one(item: str) -> object:
+        try:
+            return commits.run_together(together, item)
+        except (ValueError, IntegrityError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(items) + 1) as pool:
+        leader = pool.submit(commits.run, hold)
+        assert working.wait(10)
+        futures = [pool.submit(one, item) for item in items]
+        while len(commits._waiting) < len(items):
+            pass
+        queued.set()
+        assert leader.result(timeout=10) == "held"
+        return [f.result(timeout=10) for f in futures]
+
+
+def test_jobs_of_one_kind_waiting_together_run_as_one_call(engine: Engine) -> None:
+    commits = GroupCommit(engine)
+    calls: list[int] = []
+    outcomes = gathered(commits, add_all(calls), ["a", "bad-one", "b", "c"])
+    assert calls == [4]  # one call for the four
+    assert [o if isinstance(o, str) else type(o) for o in outcomes] == [
+        "a",
+        ValueError,  # refused alone: only its caller sees it
+        "b",
+        "c",
+    ]
+    assert slugs(engine) == {"a", "b", "c"}
+
+
+def test_when_the_call_for_many_fails_each_runs_alone_and_only_the_culprit_fails(
+    engine: Engine,
+) -> None:
+    commits = GroupCommit(engine)
+    commits.run(add("taken"))
+    calls: list[int] = []
+    outcomes = gathered(commits, add_all(calls), ["x", "taken", "y"])
+    assert calls == [3, 1, 1, 1]  # together, then each alone
+    assert outcomes[0] == "x"
+    assert isinstance(outcomes[1], IntegrityError)
+    assert outcomes[2] == "y"
+    assert slugs(engine) == {"taken", "x", "y"}  # the failed call's writes were undone

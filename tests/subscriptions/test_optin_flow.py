@@ -11,12 +11,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mailer.transactions import for_writing
 from subscriptions import consent
+from subscriptions.consent import Evidence
 from subscriptions.models import (
     ConsentAction,
     ConsentChannel,
     ConsentEvent,
     ConsentPurpose,
+    Magazine,
     Subscriber,
     Subscription,
     SubscriptionStatus,
@@ -24,6 +27,7 @@ from subscriptions.models import (
     SuppressionReason,
 )
 from subscriptions.runtime import Runtime
+from subscriptions.subscribing import UnsubscribeLink
 from subscriptions.tokens import Action
 from tests.support.pages import hidden_fields, html_of, link_in, local, page_link, text_of
 from tests.support.smtp import SMTPSink
@@ -241,3 +245,63 @@ def test_a_link_without_a_scope_ends_every_magazine_at_once(
     assert sorted(withdrawn) == ["events", "weekly"]  # each magazine withdrawn once
     assert one_click("nosuchmagazine") == 200  # names nothing live: nothing changes
     assert len([e for e in events(engine) if e.action is ConsentAction.withdrawn]) == 2
+
+
+def test_unsubscribes_run_together_end_each_what_its_own_link_covers(
+    client: TestClient, app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    """A group commit hands many one-clicks to ``unsubscribe_all`` at once: each link ends
+    its own person's magazines only, a repeat in the same batch is withdrawn once, a link
+    whose person is gone fails alone, and the ledger still verifies."""
+    people = {}
+    for n, address in enumerate(["ann@example.org", "bob@example.org"]):
+        subscribe(client, address, magazines=["weekly", "events"])
+        client.post(local(link_in(smtp_server.wait_for(n + 1)[n].message(), "/confirm/")))
+        with Session(engine) as session:
+            people[address] = session.exec(
+                select(Subscriber).where(Subscriber.email == address)
+            ).one()
+    optin = runtime_of(app).optin
+    ann, bob = people["ann@example.org"], people["bob@example.org"]
+
+    def link(person: Subscriber, scope: str) -> UnsubscribeLink:
+        return UnsubscribeLink(key=person.token_key, scope=scope)
+
+    evidence = Evidence(ConsentChannel.one_click, "192.0.2.7", "a mail client")
+    with for_writing(engine).begin() as conn:
+        outcomes = optin.unsubscribe_all(
+            conn,
+            [
+                (link(ann, "weekly"), evidence),
+                (link(bob, "events"), evidence),
+                (UnsubscribeLink(key="nobody-has-this-key"), evidence),
+                (link(ann, "weekly"), evidence),  # the same click twice
+                (UnsubscribeLink(delivery_id=987654), evidence),
+            ],
+        )
+    assert [type(o).__name__ for o in outcomes] == [
+        "Unsubscribing",
+        "Unsubscribing",
+        "BadToken",
+        "Unsubscribing",
+        "BadToken",
+    ]
+    with Session(engine) as session:
+        rows = session.exec(
+            select(Subscriber.email, Magazine.slug, Subscription.status)
+            .join(Subscription, col(Subscription.subscriber_id) == Subscriber.id)
+            .join(Magazine, col(Magazine.id) == Subscription.magazine_id)
+        ).all()
+        assert consent.verify(session).ok
+    assert {(email, slug): SubscriptionStatus(status).value for email, slug, status in rows} == {
+        ("ann@example.org", "weekly"): "unsubscribed",
+        ("ann@example.org", "events"): "confirmed",
+        ("bob@example.org", "weekly"): "confirmed",
+        ("bob@example.org", "events"): "unsubscribed",
+    }
+    withdrawn = [
+        (e.subscriber_id, e.scope, e.ip)
+        for e in events(engine)
+        if e.action is ConsentAction.withdrawn
+    ]
+    assert withdrawn == [(ann.id, "weekly", "192.0.2.7"), (bob.id, "events", "192.0.2.7")]
