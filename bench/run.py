@@ -383,6 +383,10 @@ end
 # above the target's) and once with 64, for the rate the server can take.
 CONNECTIONS = 16
 CAPACITY_CONNECTIONS = 64
+# A pause between two loads: when wrk stops, the requests it had in flight are still being
+# answered (64 sign-ups, each held 40 ms, queue for a few hundred ms), and the next load's
+# first requests would wait behind them. Each load starts on a server with nothing in flight.
+SETTLE_SECONDS = 2
 
 
 def wrk(
@@ -455,13 +459,14 @@ def load_test(
     links = [runtime.links.url(Action.unsubscribe, p, "weekly") for p in people]
     paths = [link.split("://", 1)[1].split("/", 1)[1] for link in links]
     one_click = [["/" + p for p in paths[t::threads]] for t in range(threads)]
-    return {
-        "subscribe": wrk(running.base, "subscribe", sign_ups("a"), directory, seconds),
-        "subscribe_capacity": wrk(
-            running.base, "subscribe", sign_ups("b"), directory, seconds, CAPACITY_CONNECTIONS
-        ),
-        "one_click_unsubscribe": wrk(running.base, "unsubscribe", one_click, directory, seconds),
-    }
+    found = {"subscribe": wrk(running.base, "subscribe", sign_ups("a"), directory, seconds)}
+    time.sleep(SETTLE_SECONDS)
+    found["subscribe_capacity"] = wrk(
+        running.base, "subscribe", sign_ups("b"), directory, seconds, CAPACITY_CONNECTIONS
+    )
+    time.sleep(SETTLE_SECONDS)
+    found["one_click_unsubscribe"] = wrk(running.base, "unsubscribe", one_click, directory, seconds)
+    return found
 
 
 # --- the whole run ------------------------------------------------------------------------------

@@ -56,9 +56,9 @@ _END = (
 
 
 @dataclass(frozen=True, slots=True)
-class Ending:
-    """A person's request to end some of their subscriptions: the magazines (id to slug, in
-    the order their withdrawals are recorded) and how the request came."""
+class Change:
+    """What a person asked of some of their subscriptions (to start or to end them): the
+    magazines (id to slug, in the order their events are recorded) and how they asked."""
 
     person: Person
     magazines: Mapping[int, str]
@@ -135,42 +135,39 @@ class Lifecycle:
         )
         return True
 
-    def request_new(
-        self,
-        conn: Connection,
-        person: Person,
-        magazines: Mapping[int, str],
-        evidence: Evidence,
-        at: datetime,
-    ) -> None:
-        """``request`` for a person who has no subscription yet, on a connection, without
-        the ORM (a sign-up of a new address): each magazine pending, each with its grant."""
+    def request_new(self, conn: Connection, changes: Sequence[Change], at: datetime) -> None:
+        """``request`` for people who have no subscription yet, on a connection, without the
+        ORM, in three statements whatever their number (the new addresses of a group
+        commit's sign-ups): each magazine pending, each with its grant."""
+        if not changes:
+            return
         conn.execute(
             insert(_SUBSCRIPTIONS),
             [
                 {
-                    "subscriber_id": person.id,
+                    "subscriber_id": change.person.id,
                     "magazine_id": magazine_id,
                     "status": SubscriptionStatus.pending,
                     "created_at": at,
                 }
-                for magazine_id in magazines
+                for change in changes
+                for magazine_id in change.magazines
             ],
         )
-        digest = self.hasher.digest(person.email)
         consent.append_rows(
             conn,
             [
                 consent.event_row(
-                    subscriber_id=person.id,
-                    subject_digest=digest,
+                    subscriber_id=change.person.id,
+                    subject_digest=self.hasher.digest(change.person.email),
                     purpose=ConsentPurpose.magazine,
                     action=ConsentAction.granted,
-                    evidence=evidence,
+                    evidence=change.evidence,
                     scope=slug,
                     occurred_at=at,
                 )
-                for slug in magazines.values()
+                for change in changes
+                for slug in change.magazines.values()
             ],
         )
 
@@ -248,35 +245,35 @@ class Lifecycle:
         status: SubscriptionStatus = SubscriptionStatus.unsubscribed,
     ) -> int:
         """``end`` on a connection, in its transaction, without the ORM."""
-        return self.end_all(conn, [Ending(person, magazines, evidence)], status)[0]
+        return self.end_all(conn, [Change(person, magazines, evidence)], status)[0]
 
     def end_all(
         self,
         conn: Connection,
-        endings: Sequence[Ending],
+        changes: Sequence[Change],
         status: SubscriptionStatus = SubscriptionStatus.unsubscribed,
     ) -> list[int]:
         """Many ``end_on`` in a few statements, whatever their number (the one-clicks of a
-        group commit): the live subscriptions among each ending's magazines end, each with
+        group commit): the live subscriptions among each change's magazines end, each with
         its withdrawal in the ledger and notices to the parties that hold the address. An
         ended one is left as it is, so a repeated request changes nothing; two requests for
         the same subscription end it once, for the first. Returns how many each ended."""
         assert status in (SubscriptionStatus.unsubscribed, SubscriptionStatus.suppressed)
-        pairs = sorted({(e.person.id, m) for e in endings for m in e.magazines})
+        pairs = sorted({(e.person.id, m) for e in changes for m in e.magazines})
         if not pairs:
-            return [0] * len(endings)
+            return [0] * len(changes)
         now = utcnow()
         ended_rows = conn.execute(_END, {"pairs": pairs, "to": status, "now": now})
         live = {(int(person), int(magazine)) for person, magazine in ended_rows}
         counts, withdrawals, events = [], [], []
         purpose = ConsentPurpose.magazine
-        for ending in endings:
-            person, evidence = ending.person, ending.evidence
-            ended = [m for m in ending.magazines if (person.id, m) in live]
+        for change in changes:
+            person, evidence = change.person, change.evidence
+            ended = [m for m in change.magazines if (person.id, m) in live]
             live.difference_update((person.id, m) for m in ended)
             digest = self.hasher.digest(person.email) if ended else ""
             for magazine_id in ended:
-                slug = ending.magazines[magazine_id]
+                slug = change.magazines[magazine_id]
                 withdrawals.append(parties.Withdrawal(person, purpose, slug, evidence.channel))
                 events.append(
                     consent.event_row(

@@ -37,7 +37,7 @@ from subscriptions.consent import Evidence
 from subscriptions.db import insert_new, table_of
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import N_
-from subscriptions.lifecycle import Ending, Lifecycle
+from subscriptions.lifecycle import Change, Lifecycle
 from subscriptions.links import Links, Named
 from subscriptions.models import (
     ConsentAction,
@@ -132,7 +132,9 @@ class Unsubscribing:
 
 
 _PEOPLE = table_of(Subscriber)
-_BY_EMAIL = core_select(_PEOPLE.c.id).where(_PEOPLE.c.email == bindparam("email"))
+_KNOWN = core_select(_PEOPLE.c.email).where(
+    _PEOPLE.c.email.in_(bindparam("emails", expanding=True))
+)
 _MAGAZINE = table_of(Magazine)
 _DELIVERY = table_of(Delivery)
 _ISSUE = table_of(Issue)
@@ -160,7 +162,9 @@ _ACTIVE_MAGAZINES = _MAGAZINES.where(
 )
 _NONCES = table_of(FormNonce)
 _NOTICES = table_of(NoticeVersion)
-_NOTICE_ON_FILE = core_select(_NOTICES.c.id).where(_NOTICES.c.content_hash == bindparam("hash"))
+_NOTICES_ON_FILE = core_select(_NOTICES.c.content_hash).where(
+    _NOTICES.c.content_hash.in_(bindparam("hashes", expanding=True))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,22 +279,160 @@ class OptIn:
         """Write a checked sign-up in ``conn``'s transaction; the caller commits. The
         form's nonce is spent here, so a form sent twice is refused (``BadToken``) even when
         both were checked at once; the magazines asked for are looked up here (in the
-        transaction that is there anyway: ``InvalidInput`` if one is unknown). A new address
-        asking for magazines only, the common case, is written with a few Core statements;
-        anything else goes through the ORM."""
-        magazines = self._magazines(conn, checked.request.magazines)
-        fresh = insert_new(FormNonce, conn.dialect.name).values(
-            nonce=checked.nonce, used_at=utcnow()
+        transaction that is there anyway: ``InvalidInput`` if one is unknown)."""
+        (outcome,) = self.record_sign_ups(conn, [checked])
+        if outcome is not None:
+            raise outcome
+
+    def record_sign_ups(
+        self, conn: Connection, batch: Sequence[CheckedSignUp]
+    ) -> list[Exception | None]:
+        """``record_sign_up`` for many at once (the sign-ups of a group commit): one outcome
+        per sign-up, in order, None or the exception that refused it (having written
+        nothing). New addresses asking for magazines only, the common case, are written
+        together in a few Core statements whatever their number; anything else (a known
+        address, joint use or transfer asked, the same address twice) goes through the ORM,
+        each in a savepoint of its own."""
+        outcomes: list[Exception | None] = [None] * len(batch)
+        asked = self._asked(conn, batch, outcomes)
+        self._spend_nonces(conn, batch, asked, outcomes)
+        self._notices_on_file(conn, {batch[n].request.locale for n in asked})
+        new = self._sign_up_new(conn, batch, asked)
+        for n, magazines in asked.items():
+            if n in new:
+                continue
+            savepoint = conn.begin_nested()
+            try:
+                self._sign_up_known(conn, batch[n], magazines)
+            except Exception as exc:  # refused or failed alone: undone alone
+                savepoint.rollback()
+                outcomes[n] = exc
+            else:
+                savepoint.commit()
+        return outcomes
+
+    @staticmethod
+    def _asked(
+        conn: Connection, batch: Sequence[CheckedSignUp], outcomes: list[Exception | None]
+    ) -> dict[int, dict[int, str]]:
+        """The active magazines each sign-up asked for (id to slug, in the order asked), by
+        its place in the batch, in one query; ``InvalidInput`` in ``outcomes`` for a sign-up
+        that named one that is not there."""
+        wanted = sorted({slug for checked in batch for slug in checked.request.magazines})
+        active: dict[str, int] = {}
+        if wanted:
+            active = {r.slug: int(r.id) for r in conn.execute(_ACTIVE_MAGAZINES, {"slugs": wanted})}
+        asked = {}
+        for n, checked in enumerate(batch):
+            slugs = list(dict.fromkeys(checked.request.magazines))
+            if not slugs:
+                outcomes[n] = InvalidInput("magazines", N_("Choose at least one magazine."))
+            elif any(slug not in active for slug in slugs):
+                outcomes[n] = InvalidInput(
+                    "magazines", N_("One of the chosen magazines does not exist.")
+                )
+            else:
+                asked[n] = {active[slug]: slug for slug in slugs}
+        return asked
+
+    @staticmethod
+    def _spend_nonces(
+        conn: Connection,
+        batch: Sequence[CheckedSignUp],
+        asked: dict[int, dict[int, str]],
+        outcomes: list[Exception | None],
+    ) -> None:
+        """Spend the forms' nonces in one statement; a sign-up whose nonce was spent before,
+        or earlier in the batch, is refused (``BadToken``) and leaves ``asked``."""
+        first: dict[str, int] = {}
+        for n in asked:
+            first.setdefault(batch[n].nonce, n)
+        now = utcnow()
+        fresh = insert_new(FormNonce, conn.dialect.name).returning(_NONCES.c.nonce)
+        spent = set(
+            conn.execute(fresh, [{"nonce": nonce, "used_at": now} for nonce in first]).scalars()
+            if first
+            else []
         )
-        if conn.execute(fresh.returning(_NONCES.c.nonce)).first() is None:
-            raise BadToken(N_("This form was already submitted. Please reload the page."))
-        notice = self.notices.current(checked.request.locale)
-        if conn.execute(_NOTICE_ON_FILE, {"hash": notice.content_hash}).first() is None:
-            with Session(bind=conn) as session:
-                record_notice(session, notice)
-                session.commit()
-        if self._sign_up_new(conn, checked, magazines):
+        for n in list(asked):
+            if batch[n].nonce not in spent or first[batch[n].nonce] != n:
+                outcomes[n] = BadToken(
+                    N_("This form was already submitted. Please reload the page.")
+                )
+                del asked[n]
+
+    def _notices_on_file(self, conn: Connection, locales: set[str]) -> None:
+        """The notices shown for these locales, filed if this is their first sign-up."""
+        notices = [self.notices.current(locale) for locale in sorted(locales)]
+        if not notices:
             return
+        hashes = sorted({notice.content_hash for notice in notices})
+        on_file = set(conn.execute(_NOTICES_ON_FILE, {"hashes": hashes}).scalars())
+        missing = {n.content_hash: n for n in notices if n.content_hash not in on_file}
+        if missing:
+            with Session(bind=conn) as session:
+                for notice in missing.values():
+                    record_notice(session, notice)
+                session.commit()
+
+    def _sign_up_new(
+        self, conn: Connection, batch: Sequence[CheckedSignUp], asked: dict[int, dict[int, str]]
+    ) -> set[int]:
+        """The common sign-ups, addresses mailmag does not know asking for magazines only,
+        written together: the people, their pending subscriptions with their grants, their
+        confirmation requests rendered beforehand. Returns their places in the batch; the
+        rest (a known address, joint use or transfer asked, an address twice in the batch or
+        signed up in another transaction a moment ago) are left to the general path."""
+        simple = [
+            n
+            for n in asked
+            if not (batch[n].request.joint_use or batch[n].request.foreign_transfer)
+        ]
+        emails = sorted({batch[n].email for n in simple})
+        known = set(conn.execute(_KNOWN, {"emails": emails}).scalars()) if emails else set()
+        first: dict[str, int] = {}
+        for n in simple:
+            if batch[n].email not in known:
+                first.setdefault(batch[n].email, n)
+        if not first:
+            return set()
+        now = utcnow()
+        digests = {n: self.hasher.digest(batch[n].email) for n in first.values()}
+        people = [
+            {
+                "email": batch[n].email,
+                "address_digest": digests[n],
+                "token_key": batch[n].token_key,
+                "locale": batch[n].request.locale,
+                "notified_at": now,
+                "created_at": now,
+                "updated_at": now,
+                **{field: getattr(batch[n].request, field) or None for field in PROFILE},
+            }
+            for n in first.values()
+        ]
+        fresh = insert_new(Subscriber, conn.dialect.name).returning(_PEOPLE.c.id, _PEOPLE.c.email)
+        ids = {email: int(person_id) for person_id, email in conn.execute(fresh, people)}
+        new = [n for n in first.values() if batch[n].email in ids]
+        self.lifecycle.request_new(
+            conn,
+            [
+                Change(
+                    Person(ids[batch[n].email], batch[n].email, digests[n]),
+                    asked[n],
+                    batch[n].evidence,
+                )
+                for n in new
+            ],
+            at=now,
+        )
+        self.mailer.queue_on(conn, *(batch[n].confirmation for n in new))
+        return set(new)
+
+    def _sign_up_known(
+        self, conn: Connection, checked: CheckedSignUp, magazines: dict[int, str]
+    ) -> None:
+        """Any sign-up but a new address asking for magazines only, through the ORM."""
         request, evidence = checked.request, checked.evidence
         with Session(bind=conn, expire_on_commit=False) as session:
             subscriber = self._subscriber(session, checked.email, request)
@@ -304,57 +446,6 @@ class OptIn:
             asked_consents = self._grant_consents(session, subscriber, request, evidence)
             self._notify(session, subscriber, needs_confirmation=bool(asked or asked_consents))
             session.commit()
-
-    def _sign_up_new(
-        self, conn: Connection, checked: CheckedSignUp, magazines: dict[int, str]
-    ) -> bool:
-        """The common sign-up, an address mailmag does not know asking for magazines only:
-        the person, their pending subscriptions with their grants, the confirmation request
-        rendered beforehand. False (nothing written) for anything else, which takes the
-        general path: a known address, joint use or transfer asked, or the same address
-        signing up in another transaction a moment ago."""
-        request, email = checked.request, checked.email
-        if request.joint_use or request.foreign_transfer:
-            return False
-        if conn.execute(_BY_EMAIL, {"email": email}).first() is not None:
-            return False
-        now = utcnow()
-        digest = self.hasher.digest(email)
-        person_id = conn.execute(
-            insert_new(Subscriber, conn.dialect.name)
-            .values(
-                email=email,
-                address_digest=digest,
-                token_key=checked.token_key,
-                locale=request.locale,
-                notified_at=now,
-                created_at=now,
-                updated_at=now,
-                **{field: getattr(request, field) or None for field in PROFILE},
-            )
-            .returning(_PEOPLE.c.id)
-        ).scalar()
-        if person_id is None:
-            return False
-        person = Person(person_id, email, digest)
-        self.lifecycle.request_new(conn, person, magazines, checked.evidence, at=now)
-        self.mailer.queue_on(conn, checked.confirmation)
-        return True
-
-    @staticmethod
-    def _magazines(conn: Connection, slugs: list[str]) -> dict[int, str]:
-        """The active magazines asked for (id to slug, in the order asked), or
-        ``InvalidInput``."""
-        wanted = list(dict.fromkeys(slugs))
-        if not wanted:
-            raise InvalidInput("magazines", N_("Choose at least one magazine."))
-        found: dict[int, str] = {
-            row.id: row.slug for row in conn.execute(_ACTIVE_MAGAZINES, {"slugs": wanted})
-        }
-        if len(found) != len(wanted):
-            raise InvalidInput("magazines", N_("One of the chosen magazines does not exist."))
-        by_slug = {slug: magazine_id for magazine_id, slug in found.items()}
-        return {by_slug[slug]: slug for slug in wanted}
 
     def _subscriber(self, session: Session, email: str, request: SignUpRequest) -> Subscriber:
         subscriber = session.exec(select(Subscriber).where(Subscriber.email == email)).first()
@@ -527,7 +618,7 @@ class OptIn:
         ``BadToken`` (having written nothing) for a link whose person is gone."""
         found = self.unsubscribing(conn, [link for link, _ in requests])
         endings = [
-            Ending(named.person, named.magazines, evidence)
+            Change(named.person, named.magazines, evidence)
             for named, (_, evidence) in zip(found, requests, strict=True)
             if not isinstance(named, BadToken)
         ]

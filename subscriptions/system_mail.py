@@ -99,18 +99,23 @@ class SystemMailer:
         self.queue_on(session.connection(), mail)
 
     @staticmethod
-    def queue_on(conn: Connection, mail: OutgoingMail) -> None:
-        """Store a prepared mail for the outbox, in the transaction of ``conn``."""
+    def queue_on(conn: Connection, *mails: OutgoingMail) -> None:
+        """Store prepared mails for the outbox, in the transaction of ``conn``."""
+        if not mails:
+            return
         now = utcnow()
         conn.execute(
             insert(_SYSTEM_MAILS),
-            {
-                "recipient": mail.recipient,
-                "kind": mail.kind,
-                "message": mail.message,
-                "status": SystemMailStatus.queued,
-                "attempts": 0,
-                "next_attempt_at": now,
-                "created_at": now,
-            },
+            [
+                {
+                    "recipient": mail.recipient,
+                    "kind": mail.kind,
+                    "message": mail.message,
+                    "status": SystemMailStatus.queued,
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "created_at": now,
+                }
+                for mail in mails
+            ],
         )

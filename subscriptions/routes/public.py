@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Path, Query, Request, Response, status
@@ -331,9 +330,10 @@ async def api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtim
 def _api_subscribe(signup: SignUpRequest, request: Request, runtime: Runtime) -> Any:
     try:
         # The checks and the confirmation mail's rendering run here, in parallel with other
-        # requests; only the writes wait for the group commit (in a savepoint of its own).
+        # requests; only the writes wait for the group commit, together with the sign-ups
+        # waiting with this one.
         checked = runtime.optin.check_sign_up(signup, client_of(request), ConsentChannel.api)
-        runtime.commits.run(partial(runtime.optin.record_sign_up, checked=checked))
+        runtime.commits.run_together(runtime.optin.record_sign_ups, checked)
     except InvalidInput as exc:
         return JSONResponse(Problem(detail=exc.message, field=exc.field).model_dump(), 422)
     except BadToken as exc:

@@ -27,7 +27,7 @@ from subscriptions.models import (
     SuppressionReason,
 )
 from subscriptions.runtime import Runtime
-from subscriptions.subscribing import UnsubscribeLink
+from subscriptions.subscribing import CheckedSignUp, Client, SignUpRequest, UnsubscribeLink
 from subscriptions.tokens import Action
 from tests.support.pages import hidden_fields, html_of, link_in, local, page_link, text_of
 from tests.support.smtp import SMTPSink
@@ -55,6 +55,18 @@ def runtime_of(app: FastAPI) -> Runtime:
 def events(engine: Engine) -> list[ConsentEvent]:
     with Session(engine) as session:
         return list(session.exec(select(ConsentEvent).order_by(col(ConsentEvent.seq))).all())
+
+
+def every_subscription(engine: Engine) -> list[tuple[tuple[str, str], str]]:
+    """((address, magazine), status) of every subscription, once the ledger verifies."""
+    with Session(engine) as session:
+        assert consent.verify(session).ok
+        rows = session.exec(
+            select(Subscriber.email, Magazine.slug, Subscription.status)
+            .join(Subscription, col(Subscription.subscriber_id) == Subscriber.id)
+            .join(Magazine, col(Magazine.id) == Subscription.magazine_id)
+        ).all()
+    return [((email, slug), SubscriptionStatus(status).value) for email, slug, status in rows]
 
 
 def status_of(engine: Engine, email: str) -> SubscriptionStatus | None:
@@ -286,14 +298,7 @@ def test_unsubscribes_run_together_end_each_what_its_own_link_covers(
         "Unsubscribing",
         "BadToken",
     ]
-    with Session(engine) as session:
-        rows = session.exec(
-            select(Subscriber.email, Magazine.slug, Subscription.status)
-            .join(Subscription, col(Subscription.subscriber_id) == Subscriber.id)
-            .join(Magazine, col(Magazine.id) == Subscription.magazine_id)
-        ).all()
-        assert consent.verify(session).ok
-    assert {(email, slug): SubscriptionStatus(status).value for email, slug, status in rows} == {
+    assert dict(every_subscription(engine)) == {
         ("ann@example.org", "weekly"): "unsubscribed",
         ("ann@example.org", "events"): "confirmed",
         ("bob@example.org", "weekly"): "confirmed",
@@ -305,3 +310,62 @@ def test_unsubscribes_run_together_end_each_what_its_own_link_covers(
         if e.action is ConsentAction.withdrawn
     ]
     assert withdrawn == [(ann.id, "weekly", "192.0.2.7"), (bob.id, "events", "192.0.2.7")]
+
+
+def test_sign_ups_recorded_together_are_each_refused_or_written_alone(
+    client: TestClient, app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    """A group commit hands many checked sign-ups to ``record_sign_ups`` at once: new
+    addresses are written together, a known address takes the general path, and a form sent
+    twice, an address twice or a magazine that is not there is refused (or handled) alone."""
+    subscribe(client, "known@example.org")  # pending, with its confirmation mail
+    optin = runtime_of(app).optin
+    notice = optin.notices.current("en").content_hash
+    who = Client("192.0.2.8", "a browser")
+
+    def checked(email: str, magazines: list[str], token: str | None = None) -> CheckedSignUp:
+        request = SignUpRequest(
+            email=email,
+            magazines=magazines,
+            notice_hash=notice,
+            form_token=token or optin.new_form_token(),
+        )
+        return optin.check_sign_up(request, who, ConsentChannel.api)
+
+    reused = optin.new_form_token()
+    batch = [
+        checked("new1@example.org", ["weekly", "events"], reused),
+        checked("new2@example.org", ["nosuchmagazine"]),
+        checked("again@example.org", ["weekly"], reused),  # the same form, sent twice
+        checked("known@example.org", ["events"]),
+        checked("twice@example.org", ["weekly"]),
+        checked("twice@example.org", ["events"]),
+    ]
+    with for_writing(engine).begin() as conn:
+        outcomes = optin.record_sign_ups(conn, batch)
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType",
+        "InvalidInput",
+        "BadToken",
+        "NoneType",
+        "NoneType",
+        "NoneType",
+    ]
+    assert sorted((e, m, status) for (e, m), status in every_subscription(engine)) == [
+        ("known@example.org", "events", "pending"),
+        ("known@example.org", "weekly", "pending"),
+        ("new1@example.org", "events", "pending"),
+        ("new1@example.org", "weekly", "pending"),
+        ("twice@example.org", "events", "pending"),
+        ("twice@example.org", "weekly", "pending"),
+    ]
+    granted = sorted((e.scope, e.ip) for e in events(engine) if e.action is ConsentAction.granted)
+    assert granted.count(("weekly", "192.0.2.8")) == 2  # new1, twice
+    assert granted.count(("events", "192.0.2.8")) == 3  # new1, known, twice
+    runtime_of(app).wake_outbox()
+    mails = smtp_server.wait_for(3)  # known's from before, new1's and twice's
+    assert {r for m in mails for r in m.rcpt_tos} == {
+        "known@example.org",
+        "new1@example.org",
+        "twice@example.org",
+    }
