@@ -45,6 +45,9 @@ _SUBSCRIPTIONS = table_of(Subscription)
 _END = (
     update(_SUBSCRIPTIONS)
     .where(
+        # The people as well as the pairs: SQLite scans the whole table for a row-value IN
+        # alone, and searches the (subscriber, magazine) index with this.
+        _SUBSCRIPTIONS.c.subscriber_id.in_(bindparam("people", expanding=True)),
         tuple_(_SUBSCRIPTIONS.c.subscriber_id, _SUBSCRIPTIONS.c.magazine_id).in_(
             bindparam("pairs", expanding=True)
         ),
@@ -263,7 +266,10 @@ class Lifecycle:
         if not pairs:
             return [0] * len(changes)
         now = utcnow()
-        ended_rows = conn.execute(_END, {"pairs": pairs, "to": status, "now": now})
+        people = sorted({person for person, _ in pairs})
+        ended_rows = conn.execute(
+            _END, {"people": people, "pairs": pairs, "to": status, "now": now}
+        )
         live = {(int(person), int(magazine)) for person, magazine in ended_rows}
         counts, withdrawals, events = [], [], []
         purpose = ConsentPurpose.magazine
