@@ -152,15 +152,20 @@ class GroupCommit:
                 job.result = job.work(conn)
             else:
                 assert job.together is not None
-                (outcome,) = job.together(conn, [job.item])
-                if isinstance(outcome, Exception):
-                    raise outcome
-                job.result = outcome
+                job.result = one(job.together, conn, job.item)
         except Exception as exc:  # this job's own failure: undo it alone
             savepoint.rollback()
             job.error = exc
         else:
             savepoint.commit()
+
+
+def one(together: Together[Item, T], conn: Connection, item: Item) -> T:
+    """``together`` for a single item: its outcome, raised if it is an exception."""
+    (outcome,) = together(conn, [item])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
 def _groups(batch: list[_Job[Any]]) -> list[list[_Job[Any]]]:

@@ -33,6 +33,7 @@ from mailer.ratelimit import SlidingWindow
 from mailer.verp import TOKEN_LENGTH, DeliveryTokens
 from subscriptions import consent
 from subscriptions.addresses import AddressHasher, normalise_address
+from subscriptions.commits import one
 from subscriptions.consent import Evidence
 from subscriptions.db import insert_new, table_of
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
@@ -280,9 +281,7 @@ class OptIn:
         form's nonce is spent here, so a form sent twice is refused (``BadToken``) even when
         both were checked at once; the magazines asked for are looked up here (in the
         transaction that is there anyway: ``InvalidInput`` if one is unknown)."""
-        (outcome,) = self.record_sign_ups(conn, [checked])
-        if outcome is not None:
-            raise outcome
+        one(self.record_sign_ups, conn, checked)
 
     def record_sign_ups(
         self, conn: Connection, batch: Sequence[CheckedSignUp]
@@ -605,10 +604,7 @@ class OptIn:
         """End, in ``conn``'s transaction, whatever of the link's person it covers that is
         still live, each with its withdrawal in the ledger; a repeat finds nothing live.
         ``BadToken`` for a link whose person is gone."""
-        found = self.unsubscribe_all(conn, [(link, evidence)])[0]
-        if isinstance(found, BadToken):
-            raise found
-        return found
+        return one(self.unsubscribe_all, conn, (link, evidence))
 
     def unsubscribe_all(
         self, conn: Connection, requests: Sequence[tuple[UnsubscribeLink, Evidence]]
