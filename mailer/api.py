@@ -255,7 +255,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
                 recipient = _sample(data.sample, address)
                 message = prepared.message(recipient, "testsend")
                 sent = await transport.send(
-                    Envelope(prepared.return_path("testsend"), address, message)
+                    Envelope(prepared.return_path("testsend"), address, message, transparent=True)
                 )
                 results[address] = (
                     sent.outcome.value

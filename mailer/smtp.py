@@ -24,6 +24,16 @@ MAX_REPLY_LINES = 100
 _BARE_LF = re.compile(rb"\r\n|\r|\n")
 
 
+def make_transparent(message: bytes) -> bytes:
+    """``message`` with CRLF line ends and its leading dots doubled (RFC 5321 4.5.2)."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
+        message = _BARE_LF.sub(b"\r\n", message)  # a bare LF or CR: not our composer's
+    # Most messages have no line starting with a dot: a search is a third of a copy.
+    body = message.replace(b"\r\n.", b"\r\n..") if b"\r\n." in message else message
+    return b"." + body if body.startswith(b".") else body
+
+
 class SMTPReplyError(Exception):
     """The server answered with a code the step did not expect."""
 
@@ -113,10 +123,13 @@ class SMTPConnection:
         self._write(base64.b64encode(password.encode()) + b"\r\n")
         await self._expect(await self._read_reply(), 235)
 
-    async def send(self, sender: str, recipient: str, message: bytes) -> Reply:
+    async def send(
+        self, sender: str, recipient: str, message: bytes, *, transparent: bool = False
+    ) -> Reply:
         """One transaction for one recipient; returns the final reply (2xx), or raises
         ``SMTPReplyError`` with the refusal (the session is reset and stays usable unless
-        the code is 421)."""
+        the code is 421). ``transparent``: the caller guarantees CRLF line ends only and no
+        line that begins with a dot, and the message is sent as it is."""
         utf8 = not (sender.isascii() and recipient.isascii())
         if utf8 and "SMTPUTF8" not in self.extensions:
             raise SMTPReplyError(553, "the relay does not accept internationalised addresses")
@@ -142,7 +155,7 @@ class SMTPConnection:
                     await self._read_reply()
                 await self._reset(refusal)
                 raise SMTPReplyError(refusal.code, refusal.message)
-            self._write_data(message)
+            self._write_data(message, transparent)
             final = await self._read_reply()
             if not 200 <= final.code < 300:
                 await self._reset(final)
@@ -177,15 +190,9 @@ class SMTPConnection:
             raise ConnectionError("not connected")
         self._writer.write(data)
 
-    def _write_data(self, message: bytes) -> None:
-        """The message with its dots stuffed and the end-of-data mark (RFC 5321 4.5.2)."""
-        crlf = message.count(b"\r\n")
-        if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
-            message = _BARE_LF.sub(b"\r\n", message)  # a bare LF or CR: not our composer's
-        # Most messages have no line starting with a dot: a search is a third of a copy.
-        body = message.replace(b"\r\n.", b"\r\n..") if b"\r\n." in message else message
-        if body.startswith(b"."):
-            body = b"." + body
+    def _write_data(self, message: bytes, transparent: bool = False) -> None:
+        """The message, made transparent unless it is, and the end-of-data mark."""
+        body = message if transparent else make_transparent(message)
         self._write(body)
         self._write(b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n")
 

@@ -55,11 +55,16 @@ class Outcome(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One SMTP transaction: a return path, one recipient, the message as bytes."""
+    """One SMTP transaction: a return path, one recipient, the message as bytes.
+
+    ``transparent`` is the composer's word that the message has CRLF line ends only and no
+    line that begins with a dot, so it goes into SMTP DATA as it is, without the scans and
+    the copy of dot-stuffing (RFC 5321 4.5.2). ``PreparedIssue.message`` guarantees both."""
 
     sender: str
     recipient: str
     message: bytes
+    transparent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +138,12 @@ class SMTPTransport:
             except (SMTPProtocolError, OSError, TimeoutError, ssl.SSLError, EOFError) as exc:
                 return SendResult(Outcome.deferred, None, f"{type(exc).__name__}: {exc}")
             try:
-                reply = await client.send(envelope.sender, envelope.recipient, envelope.message)
+                reply = await client.send(
+                    envelope.sender,
+                    envelope.recipient,
+                    envelope.message,
+                    transparent=envelope.transparent,
+                )
             except SMTPReplyError as exc:
                 # 421 means the server is closing the channel: never reuse it.
                 if exc.code == 421:

@@ -253,7 +253,9 @@ class DeliveryWorker:
         token = self.tokens.make(claim.delivery_id)
         message = state.prepared.message(recipient, token)
         sent = await transport.send(
-            Envelope(state.prepared.return_path(token), recipient.address, message)
+            Envelope(
+                state.prepared.return_path(token), recipient.address, message, transparent=True
+            )
         )
         if sent.outcome is Outcome.sent:
             self.sent += 1

@@ -16,6 +16,7 @@ from jinja2 import Environment, FileSystemLoader
 from mailer.audience import Recipient
 from mailer.compose import IssueContent, PreparedIssue, SenderProfile
 from mailer.errors import HeaderInjection, NotCompliant, TemplateRefused
+from mailer.smtp import make_transparent
 from subscriptions.paths import TEMPLATES_DIR
 
 LAYOUT = Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=True)
@@ -213,6 +214,18 @@ def _lines(text: str) -> str:
     return re.sub(r"\r\n?", "\n", text)
 
 
+def assert_parts_decode_to_the_rendered_text(
+    prepared: PreparedIssue, recipient: Recipient, raw: bytes
+) -> None:
+    _, html, text = prepared.render(recipient, "tok")
+    message = parse(raw)
+    for subtype, expected in (("html", html), ("plain", text)):
+        part = message.get_body((subtype,))
+        assert isinstance(part, EmailMessage)
+        # a line end is CRLF on the wire: a lone CR in a value arrives as a line break
+        assert _lines(part.get_content()) == _lines(expected)
+
+
 @settings(max_examples=200, deadline=None)
 @given(name=st.text(max_size=120))
 def test_the_pre_encoded_parts_decode_to_exactly_the_rendered_text(name: str) -> None:
@@ -223,12 +236,25 @@ def test_the_pre_encoded_parts_decode_to_exactly_the_rendered_text(name: str) ->
         raw = prepared.message(recipient, "tok")
     except HeaderInjection:
         return
-    _, html, text = prepared.render(recipient, "tok")
-    message = parse(raw)
-    for subtype, expected in (("html", html), ("plain", text)):
-        part = message.get_body((subtype,))
-        assert isinstance(part, EmailMessage)
-        # a line end is CRLF on the wire: a lone CR in a value arrives as a line break
-        assert _lines(part.get_content()) == _lines(expected)
+    assert_parts_decode_to_the_rendered_text(prepared, recipient, raw)
     body = raw.split(b"\r\n\r\n", 1)[1]
     assert all(len(line) <= 76 for line in body.split(b"\r\n")), "RFC 2045: 76 at most"
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.text(alphabet=". \t\n=aé", max_size=300))
+def test_a_message_goes_into_smtp_data_as_it_is(name: str) -> None:
+    """CRLF line ends only and no line that begins with a dot, whatever the values, so the
+    transport sends it without dot-stuffing (``Envelope.transparent``); a dot that would
+    begin a line is written =2E and decodes back to a dot."""
+    css = "<style>" + ".a{color:red}" * 30 + "</style>"
+    body = css + "<p>Dear {{ subscriber.name }}</p>" + "<p>" + "." * 200 + "</p>" + "<p>.x</p>" * 20
+    prepared = PreparedIssue(content(html_body=body), SENDER, LAYOUT, lambda s: s)
+    recipient = Recipient(7, "reader@example.org", {"name": name})
+    try:
+        raw = prepared.message(recipient, "tok")
+    except HeaderInjection:
+        return
+    assert make_transparent(raw) == raw
+    assert_parts_decode_to_the_rendered_text(prepared, recipient, raw)
+    assert "." * 200 in prepared.render(recipient, "tok")[1]

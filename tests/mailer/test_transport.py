@@ -33,6 +33,21 @@ async def test_accepted_message_arrives_intact(
     assert b"\r\n.dot line\r\n" in received.data  # dot-stuffing undone by the server
 
 
+async def test_a_transparent_message_arrives_byte_for_byte(
+    transport: SMTPTransport, smtp_server: SMTPSink
+) -> None:
+    """What the composer vouches for (CRLF only, no line begins with a dot) is sent as it
+    is, and the server receives exactly those bytes."""
+    message = b"From: news@example.com\r\nSubject: Hello\r\n\r\n=2Edot line\r\nend\r\n"
+    result = await transport.send(
+        Envelope("bounce@example.com", "alice@example.org", message, transparent=True)
+    )
+    await transport.close()
+    assert result.outcome is Outcome.sent
+    [received] = smtp_server.received
+    assert received.data == message
+
+
 async def test_refused_recipient_fails_and_the_next_one_still_goes(
     transport: SMTPTransport, smtp_server: SMTPSink
 ) -> None:
