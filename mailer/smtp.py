@@ -193,8 +193,10 @@ class SMTPConnection:
     def _write_data(self, message: bytes, transparent: bool = False) -> None:
         """The message, made transparent unless it is, and the end-of-data mark."""
         body = message if transparent else make_transparent(message)
-        self._write(body)
-        self._write(b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n")
+        if self._writer is None:
+            raise ConnectionError("not connected")
+        # One system call for both (the loop's transport writes a list with writev).
+        self._writer.writelines((body, b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"))
 
     async def _read_reply(self, *, lines: bool = False) -> Reply:
         if self._reader is None:

@@ -49,12 +49,12 @@ class IssuePreparer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    batch: int = 200
+    batch: int = 500  # claimed at a time: a claim, the feed and the recipients are read per batch
     lease: timedelta = timedelta(minutes=5)
     per_second: float | None = None
     retry_deadline: timedelta = timedelta(days=3)
     flush_every: int = 50
-    window: int = 32  # deliveries under way at once (the relay pool bounds the connections)
+    window: int = 64  # deliveries under way at once (the relay pool bounds the connections)
     status_ttl: float = 1.0
     feed_ttl: float = 0.5
     idle_seconds: float = 1.0

@@ -41,6 +41,7 @@ from subscriptions.cli_support import (
     err,
     fail,
     out,
+    run_loop,
     runtime_for,
     start_logging,
     store_for,
@@ -183,7 +184,7 @@ def settle_heap() -> None:
 
 @app.command()
 def worker(
-    batch: Annotated[int, typer.Option(help="Deliveries claimed at a time.", min=1)] = 200,
+    batch: Annotated[int, typer.Option(help="Deliveries claimed at a time.", min=1)] = 500,
 ) -> None:
     """Run a delivery worker only: claim queued deliveries and send them until stopped.
 
@@ -204,7 +205,7 @@ def worker(
         out.print(f"delivery worker {delivery.config.name} started")
         await delivery.run()
 
-    asyncio.run(main())
+    run_loop(main())
     out.print(f"delivery worker stopped after {delivery.sent} messages")
 
 
@@ -278,7 +279,7 @@ def send(
                     await delivery.close()
                     return found
 
-    found = asyncio.run(main())
+    found = run_loop(main())
     if found is None:
         fail(f"there is no issue {issue_id}")
     counts = ", ".join(f"{k} {v}" for k, v in found.counts.items() if v)

@@ -3,7 +3,9 @@ connecting to a database whose schema is current, building the runtime."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +19,18 @@ from subscriptions.settings import Settings
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
+
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop, as ``mailmag serve`` does under uvicorn, where it is installed
+    (with uvicorn[standard] on Linux and macOS); on asyncio's own loop elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

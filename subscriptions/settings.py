@@ -104,7 +104,11 @@ class Settings(BaseSettings):
     send_rate: Annotated[float, Field(ge=0)] = Field(
         default=0, description="Messages per second per worker; 0 = as fast as the relay takes."
     )
-    smtp_pool_size: Annotated[int, Field(ge=1, le=64)] = 8
+    smtp_pool_size: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=16,
+        description="Persistent connections to the relay per worker, each one transaction at a "
+        "time: enough of them hide the relay's round trips.",
+    )
     dkim_private_key_file: Path | None = Field(
         default=None, description="PEM RSA key; when set, every issue message is DKIM-signed."
     )

@@ -28,7 +28,7 @@ from tests.mailer.test_sending import seed
 from tests.support.smtp import SMTPSink
 
 RECIPIENTS = 600
-FLUSH_EVERY, POOL = 50, 8  # the worker's defaults: results recorded every 50, 8 connections
+FLUSH_EVERY, POOL = 50, 16  # the worker's defaults: results recorded every 50, 16 connections
 
 
 def env_for(engine: Engine, smtp_server: SMTPSink) -> dict[str, str]:
