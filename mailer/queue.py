@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import String, TextClause, bindparam, func, text, update
 from sqlalchemy.engine import Engine
@@ -137,11 +137,43 @@ def claim(
     return claims
 
 
+# PostgreSQL stores a whole flush with one statement over arrays, one per column: psycopg
+# writes each list in C, where an executemany cost about 45 us of Python a row.
+_RECORD_ARRAYS = text("""
+    UPDATE delivery AS d
+    SET status = v.status, attempts = d.attempts + 1, last_code = v.code, last_reply = v.reply,
+        sent_at = CASE WHEN v.status = 'sent' THEN CAST(:now AS timestamp) END,
+        next_attempt_at = COALESCE(v.next_at, CAST(:now AS timestamp)),
+        lease_owner = NULL, lease_until = NULL
+    FROM unnest(
+        CAST(:ids AS integer[]), CAST(:fences AS integer[]), CAST(:statuses AS varchar[]),
+        CAST(:codes AS integer[]), CAST(:replies AS varchar[]), CAST(:nexts AS timestamp[])
+    ) AS v(id, fence, status, code, reply, next_at)
+    WHERE d.id = v.id AND d.fence = v.fence AND d.status = 'sending'
+""")
+
+
+def _naive_utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
+
+
 def record(engine: Engine, results: Sequence[Result]) -> int:
     """Store outcomes whose claim still holds; return how many were stored."""
     if not results:
         return 0
     now = utcnow()
+    if engine.dialect.name == "postgresql":
+        columns = {
+            "now": _naive_utc(now),
+            "ids": [r.claim.delivery_id for r in results],
+            "fences": [r.claim.fence for r in results],
+            "statuses": [r.status.value for r in results],
+            "codes": [r.code for r in results],
+            "replies": [r.reply[:500] if r.reply else None for r in results],
+            "nexts": [_naive_utc(r.retry_at) for r in results],
+        }
+        with engine.begin() as conn:
+            return int(conn.execute(_RECORD_ARRAYS, columns).rowcount)
     statement = (
         update(Delivery)
         .where(col(Delivery.id) == bindparam("b_id"))

@@ -4,6 +4,7 @@ real SMTP server, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 
@@ -14,8 +15,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailer import issues, queue
+from mailer.clock import utcnow
 from mailer.errors import InvalidTransition
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from mailer.queue import Result
 from mailer.sending import start_issue
 from mailer.transport import SMTPRelay, SMTPTransport
 from mailer.worker import DeliveryWorker, WorkerConfig
@@ -165,6 +168,40 @@ def test_smtp_refusals_end_per_recipient(
     assert statuses.count(DeliveryStatus.deferred) == 2  # greylisted, and the 452 on DATA
     assert status_of(engine, issue_id) is IssueStatus.sending  # never "sent" with mail unsent
     assert len(smtp_server.received) == 3
+
+
+def test_a_worker_whose_lease_ran_out_cannot_record_over_the_new_owner(
+    app: FastAPI, engine: Engine
+) -> None:
+    issue_id, _people = seed(app, engine, 3)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    late = queue.claim(engine, worker="late", limit=3, lease=timedelta(seconds=-1))
+    owner = queue.claim(engine, worker="owner", limit=3, lease=timedelta(minutes=5))
+    assert sorted(c.delivery_id for c in owner) == sorted(c.delivery_id for c in late)
+    assert all(new.fence == old.fence + 1 for new, old in zip(owner, late, strict=True))
+    retry_at = utcnow() + timedelta(minutes=7)
+    assert queue.record(engine, [Result(c, DeliveryStatus.failed, 550, "late") for c in late]) == 0
+    outcomes = [
+        Result(owner[0], DeliveryStatus.sent, 250, "2.0.0 queued as A1"),
+        Result(owner[1], DeliveryStatus.deferred, 451, "4.7.1 later", retry_at),
+        Result(owner[2], DeliveryStatus.failed, 550, "5.1.1 no such user"),
+    ]
+    assert queue.record(engine, outcomes) == 3
+    assert queue.record(engine, outcomes) == 0  # a row changes once per claim
+    stored = {d.id: d for d in deliveries(engine, issue_id)}
+    sent, deferred, failed = (stored[c.delivery_id] for c in owner)
+    assert (sent.status, sent.last_code, sent.last_reply) == (
+        DeliveryStatus.sent, 250, "2.0.0 queued as A1"
+    )  # fmt: skip
+    assert sent.sent_at is not None
+    assert deferred.sent_at is None
+    assert failed.sent_at is None
+    assert deferred.status is DeliveryStatus.deferred
+    assert abs((deferred.next_attempt_at - retry_at).total_seconds()) < 0.001
+    assert failed.status is DeliveryStatus.failed
+    assert failed.last_reply == "5.1.1 no such user"
+    assert all(d.attempts == 1 and d.lease_owner is None for d in stored.values())
 
 
 def test_deferred_deliveries_are_retried_and_the_issue_then_finishes(
