@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import binascii
 import html as html_lib
+import random
 import re
 import secrets
 from collections.abc import Callable, Mapping
@@ -167,6 +168,10 @@ class _QPSlots:
             out.append(segments[index])
         return b"".join(out)
 
+
+# Message-IDs need uniqueness, not secrecy: the delivery token makes them unique, and these
+# bits tell a retry from the first attempt, without a system call for each message.
+_MESSAGE_ID_BITS = random.Random(secrets.randbits(64))  # noqa: S311
 
 SAMPLE_TOKEN = "sample"  # noqa: S105 (in links of previews and checks; names no delivery)
 
@@ -358,7 +363,7 @@ class PreparedIssue:
         domain = self.sender.bounce_domain
         address = safe_header(recipient.address, "recipient address")
         unsubscribe = safe_header(self.links(token)[0], "unsubscribe URL")
-        message_id = message_id or f"<{token}.{secrets.token_hex(4)}@{domain}>"
+        message_id = message_id or f"<{token}.{_MESSAGE_ID_BITS.getrandbits(32):08x}@{domain}>"
         head = (
             f"To: {address}\r\n"
             f"Subject: {encode_header(subject, 'subject')}\r\n"

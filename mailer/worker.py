@@ -193,12 +193,13 @@ class DeliveryWorker:
         results: list[Result] = []
         everything: list[Result] = []
         started: list[asyncio.Task[Result | None]] = []
+        loop = asyncio.get_running_loop()  # asked once: on Python 3.11 each asking is a getpid()
         for claim in claims:
             recipient = recipients.get(claim.subscriber_id or -1)
             if recipient is None:
                 results.append(Result(claim, DeliveryStatus.skipped, reply="no longer eligible"))
             else:
-                started.append(asyncio.create_task(bounded(claim, recipient)))
+                started.append(loop.create_task(bounded(claim, recipient)))
         storing: asyncio.Future[int] | None = None
         for finished in asyncio.as_completed(started):
             result = await finished
