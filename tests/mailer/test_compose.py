@@ -194,8 +194,10 @@ def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers() -> None:
     )
     record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
     signer = DKIMSigner(domain="example.co.jp", selector="mm", private_key=pem)
-    raw = PreparedIssue(content(), SENDER, LAYOUT, lambda s: s, signer).message(RECIPIENT, "t")
+    dotted = content(html_body="<p>Hello {{ subscriber.name }}</p>" + "<p>.x</p>" * 5)
+    raw = PreparedIssue(dotted, SENDER, LAYOUT, lambda s: s, signer).message(RECIPIENT, "t")
     assert raw.startswith(b"DKIM-Signature:")
+    assert make_transparent(raw) == raw  # signed, it still goes into DATA as it is
 
     def dns(name: bytes, timeout: int = 5) -> bytes:
         assert name == b"mm._domainkey.example.co.jp."
