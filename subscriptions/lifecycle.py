@@ -162,7 +162,7 @@ class Lifecycle:
             [
                 consent.event_row(
                     subscriber_id=change.person.id,
-                    subject_digest=self.hasher.digest(change.person.email),
+                    subject_digest=change.person.address_digest,
                     purpose=ConsentPurpose.magazine,
                     action=ConsentAction.granted,
                     evidence=change.evidence,
@@ -277,14 +277,13 @@ class Lifecycle:
             person, evidence = change.person, change.evidence
             ended = [m for m in change.magazines if (person.id, m) in live]
             live.difference_update((person.id, m) for m in ended)
-            digest = self.hasher.digest(person.email) if ended else ""
             for magazine_id in ended:
                 slug = change.magazines[magazine_id]
                 withdrawals.append(parties.Withdrawal(person, purpose, slug, evidence.channel))
                 events.append(
                     consent.event_row(
                         subscriber_id=person.id,
-                        subject_digest=digest,
+                        subject_digest=person.address_digest,
                         purpose=purpose,
                         action=ConsentAction.withdrawn,
                         evidence=evidence,
