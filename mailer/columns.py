@@ -33,16 +33,22 @@ NAMING_CONVENTION = {
 SQLModel.metadata.naming_convention = NAMING_CONVENTION
 
 
+def stored_utc(value: datetime | None) -> datetime | None:
+    """How a ``UTCDateTime`` column stores ``value``: naive UTC. A naive value is refused, for
+    nobody can tell its zone (statements that bind without the column type use this too)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column; use mailer.clock.utcnow()")
+    return value.astimezone(UTC).replace(tzinfo=None)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=False)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to a UTC column; use mailer.clock.utcnow()")
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return stored_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         return None if value is None else value.replace(tzinfo=UTC)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import String, TextClause, bindparam, func, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
-from mailer.columns import UTCDateTime
+from mailer.columns import UTCDateTime, stored_utc
 from mailer.models import Delivery, DeliveryStatus, Issue
 from mailer.transactions import for_writing
 
@@ -153,10 +153,6 @@ _RECORD_ARRAYS = text("""
 """)
 
 
-def _naive_utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC).replace(tzinfo=None)
-
-
 def record(engine: Engine, results: Sequence[Result]) -> int:
     """Store outcomes whose claim still holds; return how many were stored."""
     if not results:
@@ -164,13 +160,13 @@ def record(engine: Engine, results: Sequence[Result]) -> int:
     now = utcnow()
     if engine.dialect.name == "postgresql":
         columns = {
-            "now": _naive_utc(now),
+            "now": stored_utc(now),
             "ids": [r.claim.delivery_id for r in results],
             "fences": [r.claim.fence for r in results],
             "statuses": [r.status.value for r in results],
             "codes": [r.code for r in results],
             "replies": [r.reply[:500] if r.reply else None for r in results],
-            "nexts": [_naive_utc(r.retry_at) for r in results],
+            "nexts": [stored_utc(r.retry_at) for r in results],
         }
         with engine.begin() as conn:
             return int(conn.execute(_RECORD_ARRAYS, columns).rowcount)
