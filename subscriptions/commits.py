@@ -10,9 +10,13 @@ gets its exception; a failed commit fails every job of the batch). So nothing is
 acknowledged before it is durable, as before, but a batch pays for one ``BEGIN IMMEDIATE``
 and one ``fsync``.
 
-There is no writer thread: the caller that finds nobody writing writes (a "leader"). When
-its batch is committed it hands the turn to the first caller that queued meanwhile and goes
-back to its own request, so no caller waits longer than the batches queued before its own.
+One thread writes for all: the group commit's writer, started by the first job that finds
+none and gone again after ``LINGER`` seconds without work. It takes up to ``max_batch`` jobs
+in order of arrival, so no caller waits longer than the batches queued before its own. A
+caller from a thread blocks on an event (``run``, ``run_together``); a coroutine awaits a
+future instead (``run_together_async``), so an async route hands its write over without
+holding a worker thread, and the event loop and the writer are the only threads that take
+turns for the GIL under load.
 
 Jobs must be short, touch the database only through the connection they are given, and be
 safe to run inside a transaction that other jobs share: their writes become visible to the
@@ -28,10 +32,12 @@ items runs again alone, in its own savepoint, so one bad item still fails only i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from sqlalchemy.engine import Connection, Engine
 
@@ -41,6 +47,28 @@ T = TypeVar("T")
 Item = TypeVar("Item")
 # Items in, one outcome per item out: a value, or the exception that item alone met.
 Together = Callable[[Connection, list[Item]], Sequence[T | Exception]]
+LINGER = 1.0  # seconds the writer waits for more work before it ends
+
+
+class _Ready(Protocol):
+    def set(self) -> None: ...
+
+
+class _Answered:
+    """A job's "committed or failed" for a coroutine: set from the writer's thread, awaited
+    on the caller's event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.future: asyncio.Future[None] = self.loop.create_future()
+
+    def set(self) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            self.loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if not self.future.done():  # a caller that was cancelled does not wait
+            self.future.set_result(None)
 
 
 @dataclass(eq=False)
@@ -48,9 +76,7 @@ class _Job(Generic[T]):
     work: Callable[[Connection], T] | None
     together: Together[Any, T] | None = None
     item: Any = None
-    ready: threading.Event = field(default_factory=threading.Event)
-    leads: bool = False
-    done: bool = False  # committed, or failed with ``error``
+    ready: _Ready = field(default_factory=threading.Event)
     result: Any = None
     error: BaseException | None = None
 
@@ -65,49 +91,60 @@ class GroupCommit:
     def __init__(self, engine: Engine, max_batch: int = 64) -> None:
         self.engine = for_writing(engine)
         self.max_batch = max_batch
-        self._mutex = threading.Lock()
+        self._turn = threading.Condition()
         self._waiting: list[_Job[Any]] = []
-        self._writing = False
+        self._writer: threading.Thread | None = None  # set while a writer takes jobs
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a write transaction; return once that transaction is committed."""
-        return self._run(_Job(work))
+        return self._wait(_Job(work))
 
     def run_together(self, together: Together[Item, T], item: Item) -> T:
         """Run ``together(conn, [item, ...])`` in a write transaction, with the items of every
         job of the batch that names the same ``together``; return this item's outcome once
         that transaction is committed (raise it, if it is an exception)."""
-        return self._run(_Job(None, together, item))
+        return self._wait(_Job(None, together, item))
 
-    def _run(self, job: _Job[T]) -> T:
-        with self._mutex:
-            self._waiting.append(job)
-            job.leads = not self._writing
-            self._writing = True
-        if not job.leads:
-            job.ready.wait()
-        if job.leads:
-            self._lead()
+    async def run_together_async(self, together: Together[Item, T], item: Item) -> T:
+        """``run_together`` for a coroutine: awaits the commit without blocking a thread. A
+        caller cancelled meanwhile does not undo its job: it is committed all the same."""
+        job: _Job[T] = _Job(None, together, item, _Answered())
+        self._submit(job)
+        await cast("_Answered", job.ready).future
         return job.outcome()
 
-    def _lead(self) -> None:
-        with self._mutex:
-            batch = self._waiting[: self.max_batch]
-            del self._waiting[: self.max_batch]
-        try:
-            self._commit(batch)
-        finally:  # even if this thread is being torn down: nobody may wait for a lost turn
-            with self._mutex:
-                if self._waiting:
-                    successor = self._waiting[0]
-                    successor.leads = True
-                    successor.ready.set()
-                else:
-                    self._writing = False
-            for job in batch:
-                if not job.done:  # a BaseException went through: the batch did not commit
-                    job.error = job.error or RuntimeError("the group commit was interrupted")
-                job.ready.set()
+    def _wait(self, job: _Job[T]) -> T:
+        self._submit(job)
+        cast("threading.Event", job.ready).wait()
+        return job.outcome()
+
+    def _submit(self, job: _Job[Any]) -> None:
+        with self._turn:
+            self._waiting.append(job)
+            if self._writer is None:
+                self._writer = threading.Thread(
+                    target=self._write, name="group-commit", daemon=True
+                )
+                self._writer.start()
+            else:
+                self._turn.notify()
+
+    def _write(self) -> None:
+        while True:
+            with self._turn:
+                if not self._turn.wait_for(lambda: self._waiting, LINGER):
+                    self._writer = None
+                    return
+                batch = self._waiting[: self.max_batch]
+                del self._waiting[: self.max_batch]
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # a job tore the batch down: none of it committed
+                for job in batch:
+                    job.error = job.error or exc
+            finally:
+                for job in batch:
+                    job.ready.set()
 
     def _commit(self, batch: list[_Job[Any]]) -> None:
         try:
@@ -122,8 +159,6 @@ class GroupCommit:
             for job in batch:
                 if job.error is None:
                     job.error = exc
-        for job in batch:
-            job.done = True
 
     def _together(self, conn: Connection, group: list[_Job[Any]]) -> None:
         together = cast("Together[Any, Any]", group[0].together)

@@ -17,7 +17,13 @@ def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+async def _runtime(request: Request) -> Runtime:
+    """``get_runtime`` as a dependency: async, so FastAPI calls it on the event loop instead
+    of sending it through a worker thread (a thread hop on every request that asks for it)."""
+    return get_runtime(request)
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -564,7 +564,7 @@ def _magazine_title(session: Session, scope: str, locale: str) -> str | None:
 
 
 @router.post("/u/{token}")
-def unsubscribe_submit(
+async def unsubscribe_submit(
     token: Token,
     request: Request,
     runtime: RuntimeDep,
@@ -573,11 +573,12 @@ def unsubscribe_submit(
 ) -> Response:
     """Unsubscribe at once: the page's button, or RFC 8058 one-click from a mail client.
 
-    The token is checked first, in the request's thread; then one write transaction (in a
-    group commit, together with the other unsubscribes waiting) reads the link's person and
-    ends whatever of theirs it covers that is still live, each with its withdrawal in the
-    ledger, and commits before the answer; a repeated click finds nothing live and writes
-    nothing. The hot path of the public side: Core statements, no ORM."""
+    The token is checked first, on the event loop (no database: its signature, seal and
+    age); then one write transaction (in a group commit, together with the other
+    unsubscribes waiting) reads the link's person and ends whatever of theirs it covers that
+    is still live, each with its withdrawal in the ledger, and commits before the answer; a
+    repeated click finds nothing live and writes nothing. The route awaits the commit
+    without holding a thread. The hot path of the public side: Core statements, no ORM."""
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
     client = client_of(request)
@@ -586,7 +587,9 @@ def unsubscribe_submit(
 
     try:
         link = runtime.optin.unsubscribe_link(token)  # checked here, outside the write turn
-        found = runtime.commits.run_together(runtime.optin.unsubscribe_all, (link, evidence))
+        found = await runtime.commits.run_together_async(
+            runtime.optin.unsubscribe_all, (link, evidence)
+        )
     except BadToken as exc:
         if one_click is None:
             raise

@@ -3,6 +3,7 @@ own, nothing is answered before its transaction is committed. SQLite and Postgre
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -128,7 +129,7 @@ class Interrupt(BaseException):
     """What tears a thread down (like KeyboardInterrupt), not an error of the job."""
 
 
-def test_a_leader_torn_down_mid_batch_still_hands_the_turn_on(engine: Engine) -> None:
+def test_a_batch_torn_down_fails_its_jobs_and_the_writer_goes_on(engine: Engine) -> None:
     commits = GroupCommit(engine)
     working, queued = threading.Event(), threading.Event()
 
@@ -142,14 +143,14 @@ def test_a_leader_torn_down_mid_batch_still_hands_the_turn_on(engine: Engine) ->
         return outcome(commits, job, Interrupt)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        leader = pool.submit(run, torn)
+        first = pool.submit(run, torn)
         assert working.wait(10)
         follower = pool.submit(run, add("after"))
         while not commits._waiting:
             pass
         queued.set()
-        assert isinstance(leader.result(timeout=10), Interrupt)
-        assert follower.result(timeout=10) == "after"  # the turn was handed on
+        assert isinstance(first.result(timeout=10), Interrupt)
+        assert follower.result(timeout=10) == "after"  # the writer took the next batch
     assert slugs(engine) == {"after"}
     assert commits.run(add("later")) == "later"
 
@@ -229,3 +230,59 @@ def test_when_the_call_for_many_fails_each_runs_alone_and_only_the_culprit_fails
     assert isinstance(outcomes[1], IntegrityError)
     assert outcomes[2] == "y"
     assert slugs(engine) == {"taken", "x", "y"}  # the failed call's writes were undone
+
+
+def test_coroutines_await_their_commit_together_without_a_thread_each(engine: Engine) -> None:
+    """``run_together_async``: a hundred coroutines on one event loop, none holding a thread;
+    each answer comes after its item is durable, in a few calls, and a refused item fails
+    only its own coroutine."""
+    commits = GroupCommit(engine)
+    calls: list[int] = []
+    together = add_all(calls)
+
+    async def one(slug: str) -> object:
+        try:
+            done = await commits.run_together_async(together, slug)
+        except ValueError as exc:
+            return exc
+        assert slug in slugs(engine)  # read on another connection: it is durable
+        return done
+
+    async def all_of_them() -> list[object]:
+        return await asyncio.gather(*(one(f"{'bad' if n == 7 else 'a'}{n}") for n in range(100)))
+
+    threads_before = threading.active_count()
+    outcomes = asyncio.run(all_of_them())
+    assert threading.active_count() <= threads_before + 1  # the writer, and no more
+    assert [o if isinstance(o, str) else type(o) for o in outcomes] == [
+        ValueError if n == 7 else f"a{n}" for n in range(100)
+    ]
+    assert sum(calls) == 100
+    assert len(calls) < 100  # they were gathered
+    assert slugs(engine) == {f"a{n}" for n in range(100) if n != 7}
+
+
+def test_a_coroutine_that_stops_waiting_still_has_its_job_committed(engine: Engine) -> None:
+    commits = GroupCommit(engine)
+    working, release = threading.Event(), threading.Event()
+
+    def hold(conn: Connection) -> str:
+        working.set()
+        assert release.wait(10)
+        return "held"
+
+    async def give_up() -> None:
+        waiting = asyncio.ensure_future(commits.run_together_async(add_all([]), "abandoned"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        held = pool.submit(commits.run, hold)
+        assert working.wait(10)
+        asyncio.run(give_up())
+        assert held.result(timeout=10) == "held"
+    assert commits.run(add("later")) == "later"  # the writer did not stall on it
+    assert slugs(engine) == {"abandoned", "later"}
