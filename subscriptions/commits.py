@@ -11,7 +11,9 @@ acknowledged before it is durable, as before, but a batch pays for one ``BEGIN I
 and one ``fsync``.
 
 One thread writes for all: the group commit's writer, started by the first job that finds
-none and gone again after ``LINGER`` seconds without work. It takes up to ``max_batch`` jobs
+none and gone again after ``LINGER`` seconds without work. While batches follow each other
+without a pause it keeps its connection (no pool checkout and no ping per batch); after a
+pause, or a failed batch, it takes one that the pool checks. It takes up to ``max_batch`` jobs
 in order of arrival, so no caller waits longer than the batches queued before its own. A
 caller from a thread blocks on an event (``run``, ``run_together``); a coroutine awaits a
 future instead (``run_together_async``), so an async route hands its write over without
@@ -27,7 +29,9 @@ same function are handed to it as one list, in one savepoint, so a hundred one-c
 unsubscribes cost a few statements instead of a few hundred. The function returns one
 outcome per item, in order: a value, or an exception for an item that failed on its own
 (and wrote nothing). Should the function raise, its savepoint is rolled back and each of its
-items runs again alone, in its own savepoint, so one bad item still fails only its caller.
+items runs again alone, in its own savepoint, so one bad item still fails only its caller. A
+batch that is all of one kind, as under load, needs no savepoint: its transaction is rolled
+back instead, and the items run alone in a new one.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.transactions import for_writing
 
@@ -130,35 +135,67 @@ class GroupCommit:
                 self._turn.notify()
 
     def _write(self) -> None:
-        while True:
-            with self._turn:
-                if not self._turn.wait_for(lambda: self._waiting, LINGER):
-                    self._writer = None
-                    return
-                batch = self._waiting[: self.max_batch]
-                del self._waiting[: self.max_batch]
-            try:
-                self._commit(batch)
-            except BaseException as exc:  # a job tore the batch down: none of it committed
-                for job in batch:
-                    job.error = job.error or exc
-            finally:
-                for job in batch:
-                    job.ready.set()
-
-    def _commit(self, batch: list[_Job[Any]]) -> None:
+        conn: Connection | None = None  # kept from batch to batch while the writer lives
         try:
-            with self.engine.begin() as conn:
-                for group in _groups(batch):
-                    if group[0].together is not None and len(group) > 1:
-                        self._together(conn, group)
-                    else:
-                        for job in group:
-                            self._alone(conn, job)
-        except Exception as exc:  # the batch did not commit: nothing of it holds
-            for job in batch:
-                if job.error is None:
-                    job.error = exc
+            while True:
+                with self._turn:
+                    idle = not self._waiting
+                    if idle and not self._turn.wait_for(lambda: self._waiting, LINGER):
+                        self._writer = None
+                        return
+                    batch = self._waiting[: self.max_batch]
+                    del self._waiting[: self.max_batch]
+                if idle:  # it sat unused (the server may have restarted): one the pool checks
+                    _closed(conn)
+                    conn = None
+                try:
+                    conn = conn or self.engine.connect()
+                    self._commit(conn, batch)
+                except BaseException as exc:  # the batch did not commit: nothing of it holds
+                    for job in batch:
+                        job.error = job.error or exc
+                    _closed(conn)  # perhaps broken: the next batch takes a fresh one
+                    conn = None
+                finally:
+                    for job in batch:
+                        job.ready.set()
+        finally:
+            _closed(conn)
+
+    def _commit(self, conn: Connection, batch: list[_Job[Any]]) -> None:
+        groups = _groups(batch)
+        if len(groups) == 1 and len(batch) > 1 and batch[0].together is not None:
+            if self._one_kind(conn, batch):
+                return
+            groups = [[job] for job in batch]  # the call for all failed: each alone
+        with conn.begin():
+            for group in groups:
+                if group[0].together is not None and len(group) > 1:
+                    self._together(conn, group)
+                else:
+                    for job in group:
+                        self._alone(conn, job)
+
+    @staticmethod
+    def _one_kind(conn: Connection, batch: list[_Job[Any]]) -> bool:
+        """A batch of one kind (the usual one under load) in one call, without a savepoint:
+        should the call fail, its whole transaction is rolled back and ``False`` says the
+        jobs are still to be done (a failed commit fails them all, as for any batch)."""
+        together = cast("Together[Any, Any]", batch[0].together)
+        transaction = conn.begin()
+        try:
+            outcomes = together(conn, [job.item for job in batch])
+            if len(outcomes) != len(batch):
+                raise RuntimeError(f"{len(batch)} items gave {len(outcomes)} outcomes")
+        except Exception:
+            transaction.rollback()
+            return False
+        except BaseException:
+            transaction.rollback()
+            raise
+        transaction.commit()
+        _settle(batch, outcomes)
+        return True
 
     def _together(self, conn: Connection, group: list[_Job[Any]]) -> None:
         together = cast("Together[Any, Any]", group[0].together)
@@ -173,11 +210,7 @@ class GroupCommit:
                 self._alone(conn, job)
             return
         savepoint.commit()
-        for job, outcome in zip(group, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                job.error = outcome
-            else:
-                job.result = outcome
+        _settle(group, outcomes)
 
     @staticmethod
     def _alone(conn: Connection, job: _Job[Any]) -> None:
@@ -193,6 +226,20 @@ class GroupCommit:
             job.error = exc
         else:
             savepoint.commit()
+
+
+def _settle(jobs: list[_Job[Any]], outcomes: Sequence[Any]) -> None:
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            job.error = outcome
+        else:
+            job.result = outcome
+
+
+def _closed(conn: Connection | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(SQLAlchemyError):  # a broken one is discarded all the same
+            conn.close()
 
 
 def one(together: Together[Item, T], conn: Connection, item: Item) -> T:

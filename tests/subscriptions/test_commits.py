@@ -286,3 +286,23 @@ def test_a_coroutine_that_stops_waiting_still_has_its_job_committed(engine: Engi
         assert held.result(timeout=10) == "held"
     assert commits.run(add("later")) == "later"  # the writer did not stall on it
     assert slugs(engine) == {"abandoned", "later"}
+
+
+def test_a_writer_that_sat_idle_takes_a_checked_connection(engine: Engine) -> None:
+    """The writer keeps its connection only while batches follow each other: after a pause
+    a server that dropped it (a restart, an idle timeout) costs no caller an error."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a server-side disconnect is made with pg_terminate_backend")
+    commits = GroupCommit(engine)
+    backend = commits.run(lambda conn: conn.execute(text("SELECT pg_backend_pid()")).scalar())
+    with engine.connect() as other:
+        assert other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend}).scalar()
+    while True:  # the server ends it at once, but says so in its own time
+        with engine.connect() as other:
+            gone = not other.execute(
+                text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid"), {"pid": backend}
+            ).scalar()
+        if gone:
+            break
+    assert commits.run(add("after")) == "after"
+    assert slugs(engine) == {"after"}
