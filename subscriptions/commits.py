@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Transaction
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.transactions import for_writing
@@ -181,36 +181,12 @@ class GroupCommit:
         """A batch of one kind (the usual one under load) in one call, without a savepoint:
         should the call fail, its whole transaction is rolled back and ``False`` says the
         jobs are still to be done (a failed commit fails them all, as for any batch)."""
-        together = cast("Together[Any, Any]", batch[0].together)
-        transaction = conn.begin()
-        try:
-            outcomes = together(conn, [job.item for job in batch])
-            if len(outcomes) != len(batch):
-                raise RuntimeError(f"{len(batch)} items gave {len(outcomes)} outcomes")
-        except Exception:
-            transaction.rollback()
-            return False
-        except BaseException:
-            transaction.rollback()
-            raise
-        transaction.commit()
-        _settle(batch, outcomes)
-        return True
+        return _call_together(conn, batch, conn.begin())
 
     def _together(self, conn: Connection, group: list[_Job[Any]]) -> None:
-        together = cast("Together[Any, Any]", group[0].together)
-        savepoint = conn.begin_nested()
-        try:
-            outcomes = together(conn, [job.item for job in group])
-            if len(outcomes) != len(group):
-                raise RuntimeError(f"{len(group)} items gave {len(outcomes)} outcomes")
-        except Exception:  # one of them, or all: each again alone, so only its own caller fails
-            savepoint.rollback()
-            for job in group:
+        if not _call_together(conn, group, conn.begin_nested()):
+            for job in group:  # each again alone, so only its own caller fails
                 self._alone(conn, job)
-            return
-        savepoint.commit()
-        _settle(group, outcomes)
 
     @staticmethod
     def _alone(conn: Connection, job: _Job[Any]) -> None:
@@ -228,12 +204,27 @@ class GroupCommit:
             savepoint.commit()
 
 
-def _settle(jobs: list[_Job[Any]], outcomes: Sequence[Any]) -> None:
+def _call_together(conn: Connection, jobs: list[_Job[Any]], transaction: Transaction) -> bool:
+    """The jobs' ``together`` called once for all of them in ``transaction`` (the batch's, or
+    a savepoint): committed, and each job given its outcome; or, should the call fail, rolled
+    back, and ``False``."""
+    together = cast("Together[Any, Any]", jobs[0].together)
+    try:
+        outcomes = together(conn, [job.item for job in jobs])
+        if len(outcomes) != len(jobs):
+            raise RuntimeError(f"{len(jobs)} items gave {len(outcomes)} outcomes")
+    except BaseException as exc:
+        transaction.rollback()
+        if not isinstance(exc, Exception):
+            raise
+        return False
+    transaction.commit()
     for job, outcome in zip(jobs, outcomes, strict=True):
         if isinstance(outcome, Exception):
             job.error = outcome
         else:
             job.result = outcome
+    return True
 
 
 def _closed(conn: Connection | None) -> None:
