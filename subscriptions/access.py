@@ -37,6 +37,7 @@ from subscriptions.deps import READ_ONLY_METHODS, get_runtime
 from subscriptions.errors import BadToken
 from subscriptions.i18n import N_
 from subscriptions.models import StaffRole, StaffSession, StaffUser
+from subscriptions.subscribing import UnsubscribeLink
 from subscriptions.tokens import Action
 
 
@@ -236,11 +237,16 @@ LINK_ACTIONS = {
 
 def _check_link(request: Request, path: str) -> None:
     """A link route's token must be genuine for the page's action (its expiry and subject
-    are the route's to check); a forged one is refused before the body is even read."""
+    are the route's to check); a forged one is refused before the body is even read. An
+    unsubscribe link's check is all there is to it (no age applies), so its reading is kept
+    for the route (``unsubscribe_link``) instead of being done twice."""
     token = str(request.path_params.get("token", ""))
     action = LINK_ACTIONS[path.split("{", 1)[0]]
     runtime = get_runtime(request)
-    if action in (Action.unsubscribe, Action.preferences) and len(token) == TOKEN_LENGTH:
+    if action is Action.unsubscribe:
+        request.state.unsubscribe_link = runtime.optin.unsubscribe_link(token)
+        return
+    if action is Action.preferences and len(token) == TOKEN_LENGTH:
         if runtime.delivery_tokens.read(token) is None:
             raise BadToken(N_("This link is not valid."))
         return
@@ -273,6 +279,12 @@ async def authorize(request: Request) -> None:
     if context.session is not None and request.method not in READ_ONLY_METHODS:
         await _check_csrf(request, context.session.csrf_token)
     request.state.staff = context
+
+
+def unsubscribe_link(request: Request) -> UnsubscribeLink:
+    """The checked token of an unsubscribe route, as ``authorize`` read it."""
+    link: UnsubscribeLink = request.state.unsubscribe_link
+    return link
 
 
 def login_redirect_target(target: str) -> str:

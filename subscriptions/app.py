@@ -75,6 +75,9 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         dependencies=[Depends(authorize)],
+        # mailmag's own Prometheus metrics (/metrics) describe it; FastAPI's OpenTelemetry
+        # hooks, with nothing to export to, would only cost every request a few lookups.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.runtime = runtime
     metrics = Metrics(runtime.engine)

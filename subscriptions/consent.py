@@ -112,6 +112,13 @@ _MOVE_HEAD = (
     .where(_HEADS.c.name == CHAIN)
     .values(seq=bindparam("new_seq"), last_hash=bindparam("new_hash"))
 )
+# Moves the head only from the tip given: a compare-and-set that locks the row as it moves it.
+_MOVE_HEAD_FROM = _MOVE_HEAD.where(
+    _HEADS.c.seq == bindparam("seq"), _HEADS.c.last_hash == bindparam("last_hash")
+)
+# Where a connection left the chain when it last appended (``Connection.info`` lives as long
+# as the database connection): a guess, which ``_MOVE_HEAD_FROM`` checks.
+_LAST_TIP = "mailmag.consent.tip"
 
 
 def _tip(conn: Connection) -> tuple[int, str]:
@@ -159,17 +166,35 @@ def append_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
     (``event_row`` builds one); positions and hashes are assigned here."""
     if not rows:
         return
-    seq, prev = _tip(conn)
     for row in rows:
-        seq += 1
-        row["seq"] = seq
         row["personal_digest"] = personal_digest(row["ip"], row["user_agent"])
         row["personal_erased"] = False
         row["purged"] = False
+    tip = None
+    guess = conn.info.get(_LAST_TIP)
+    if guess is not None:
+        tip = _chain(rows, *guess)
+        moved = conn.execute(_MOVE_HEAD_FROM, {"seq": guess[0], "last_hash": guess[1], **tip})
+        tip = tip if moved.rowcount == 1 else None
+    if tip is None:
+        tip = _chain(rows, *_tip(conn))
+        conn.execute(_MOVE_HEAD, tip)
+    conn.execute(_INSERT_EVENT, rows)
+    conn.info[_LAST_TIP] = (tip["new_seq"], tip["new_hash"])
+
+
+def _chain(rows: list[dict[str, Any]], seq: int, prev: str) -> dict[str, Any]:
+    """Place ``rows`` after the tip (``seq``, ``prev``): their positions and hashes, and the
+    new tip. A connection that appended before guesses the tip it left, and the head moves
+    only if that is still the tip (``_MOVE_HEAD_FROM``); else (another connection appended
+    meanwhile, or the transaction was rolled back) the head is read, locked, and the rows
+    placed again: one statement less for a writer that appends batch after batch."""
+    for row in rows:
+        seq += 1
+        row["seq"] = seq
         row["prev_hash"] = prev
         prev = row["row_hash"] = _hash_row(**row)
-    conn.execute(_INSERT_EVENT, rows)
-    conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+    return {"new_seq": seq, "new_hash": prev}
 
 
 def append_many(session: Session, rows: list[dict[str, Any]]) -> None:

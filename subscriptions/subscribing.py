@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import bindparam, delete
+from sqlalchemy import bindparam, delete, true
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -136,12 +136,16 @@ _PEOPLE = table_of(Subscriber)
 _KNOWN = core_select(_PEOPLE.c.email).where(
     _PEOPLE.c.email.in_(bindparam("emails", expanding=True))
 )
-_MAGAZINE = table_of(Magazine)
 _DELIVERY = table_of(Delivery)
 _ISSUE = table_of(Issue)
 _SUBJECT = (_PEOPLE.c.id, _PEOPLE.c.email, _PEOPLE.c.address_digest, _PEOPLE.c.token_key)
-_KEY_SUBJECTS = core_select(*_SUBJECT).where(
-    _PEOPLE.c.token_key.in_(bindparam("keys", expanding=True))
+_MAGAZINE = table_of(Magazine)
+# The people the keys name, each with every magazine (none: a row with NULLs), in one query.
+_KEY_SUBJECTS = (
+    core_select(*_SUBJECT, _MAGAZINE.c.id.label("magazine_id"), _MAGAZINE.c.slug)
+    .select_from(_PEOPLE.outerjoin(_MAGAZINE, true()))
+    .where(_PEOPLE.c.token_key.in_(bindparam("keys", expanding=True)))
+    .order_by(_MAGAZINE.c.id)
 )
 _DELIVERY_SUBJECTS = (
     core_select(
@@ -157,7 +161,6 @@ _DELIVERY_SUBJECTS = (
     .where(_DELIVERY.c.id.in_(bindparam("deliveries", expanding=True)))
 )
 _MAGAZINES = core_select(_MAGAZINE.c.id, _MAGAZINE.c.slug)
-_EVERY_MAGAZINE = _MAGAZINES.order_by(_MAGAZINE.c.id)
 _ACTIVE_MAGAZINES = _MAGAZINES.where(
     _MAGAZINE.c.slug.in_(bindparam("slugs", expanding=True)), _MAGAZINE.c.active
 )
@@ -627,15 +630,17 @@ class OptIn:
     ) -> list[Unsubscribing | BadToken]:
         """Whom each unsubscribe link names and the magazines it covers (its issue's, the one
         its scope names, or all with an empty scope), read on ``conn`` without the ORM: one
-        query for the links with a key, one for the magazines, one for delivery links.
+        query for the links with a key (with every magazine), one for delivery links.
         ``BadToken`` for a link whose person is gone."""
         keys = sorted({link.key for link in links if link.delivery_id is None})
         deliveries = sorted({link.delivery_id for link in links if link.delivery_id is not None})
         people = {}
-        magazines: dict[int, str] = {}
+        magazines: dict[int, str] = {}  # in the order of their ids
         if keys:
-            people = {row.token_key: row for row in conn.execute(_KEY_SUBJECTS, {"keys": keys})}
-            magazines = {int(m.id): str(m.slug) for m in conn.execute(_EVERY_MAGAZINE)}
+            for named in conn.execute(_KEY_SUBJECTS, {"keys": keys}):
+                people[named.token_key] = named
+                if named.magazine_id is not None:
+                    magazines[int(named.magazine_id)] = str(named.slug)
         sent = {}
         if deliveries:
             sent = {

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
+from subscriptions.access import unsubscribe_link
 from subscriptions.consent import Evidence
 from subscriptions.deps import RuntimeDep, SessionDep
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
@@ -573,12 +574,13 @@ async def unsubscribe_submit(
 ) -> Response:
     """Unsubscribe at once: the page's button, or RFC 8058 one-click from a mail client.
 
-    The token is checked first, on the event loop (no database: its signature, seal and
-    age); then one write transaction (in a group commit, together with the other
-    unsubscribes waiting) reads the link's person and ends whatever of theirs it covers that
-    is still live, each with its withdrawal in the ledger, and commits before the answer; a
-    repeated click finds nothing live and writes nothing. The route awaits the commit
-    without holding a thread. The hot path of the public side: Core statements, no ORM."""
+    The token was checked by the access rule (``access.authorize``), on the event loop,
+    with no database: its signature or seal. Then one write transaction (in a group commit,
+    together with the other unsubscribes waiting) reads the link's person and ends whatever
+    of theirs it covers that is still live, each with its withdrawal in the ledger, and
+    commits before the answer; a repeated click finds nothing live and writes nothing. The
+    route awaits the commit without holding a thread. The hot path of the public side: Core
+    statements, no ORM."""
     locale = locale_of(request, lang)
     _ = gettext_for(locale)
     client = client_of(request)
@@ -586,7 +588,7 @@ async def unsubscribe_submit(
     evidence = Evidence(channel, client.ip, client.user_agent)
 
     try:
-        link = runtime.optin.unsubscribe_link(token)  # checked here, outside the write turn
+        link = unsubscribe_link(request)  # the token, as the access check read it
         found = await runtime.commits.run_together_async(
             runtime.optin.unsubscribe_all, (link, evidence)
         )

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -21,6 +22,7 @@ from subscriptions.consent import Evidence
 from subscriptions.db import for_writing
 from subscriptions.lifecycle import Lifecycle
 from subscriptions.models import (
+    ConsentAction,
     ConsentChannel,
     ConsentPurpose,
     Magazine,
@@ -162,6 +164,54 @@ def test_concurrent_appends_form_one_chain(engine: Engine) -> None:
     result = verify(engine)
     assert result.ok, result.problem
     assert result.checked == 60
+
+
+def test_a_connection_that_guessed_the_tip_wrong_still_appends_in_place(engine: Engine) -> None:
+    """A connection remembers where it left the chain, to move the head without reading it
+    first; another connection's appends, and its own rolled-back one, make that guess wrong,
+    and the chain stays whole. A right guess reads no head."""
+
+    def events(count: int) -> list[dict[str, Any]]:
+        return [
+            consent.event_row(
+                subscriber_id=None,
+                subject_digest=HASHER.digest("gone@example.org"),
+                purpose=ConsentPurpose.joint_use,
+                action=ConsentAction.granted,
+                evidence=WEB,
+            )
+            for _ in range(count)
+        ]
+
+    heads_read: list[str] = []
+
+    def watch(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT") and "ledger_head" in statement:
+            heads_read.append(statement)
+
+    writer = for_writing(engine)
+    with writer.connect() as mine, writer.connect() as other:
+        with mine.begin():
+            consent.append_rows(mine, events(2))
+        with other.begin():
+            consent.append_rows(other, events(3))  # mine's guess is now behind
+        with mine.begin():
+            consent.append_rows(mine, events(1))
+        rolled_back = mine.begin()
+        consent.append_rows(mine, events(2))  # a tip that never was
+        rolled_back.rollback()
+        with mine.begin():
+            consent.append_rows(mine, events(1))
+        event.listen(engine, "before_cursor_execute", watch)
+        try:
+            with mine.begin():
+                consent.append_rows(mine, events(1))
+        finally:
+            event.remove(engine, "before_cursor_execute", watch)
+    assert heads_read == []
+    result = verify(engine)
+    assert result.ok, result.problem
+    assert result.checked == 8
 
 
 def run_cli(args: list[str], engine: Engine, tmp_path: Path) -> subprocess.CompletedProcess[str]:
