@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, update
+from sqlalchemy import and_, bindparam, case, insert, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session, col, select
 
@@ -106,28 +106,27 @@ def locked_head(session: Session, chain: str = CHAIN) -> LedgerHead:
 _EVENTS = table_of(ConsentEvent)
 _HEADS = table_of(LedgerHead)
 _INSERT_EVENT = insert(_EVENTS)
-_HEAD = select(_HEADS.c.seq, _HEADS.c.last_hash).where(_HEADS.c.name == CHAIN).with_for_update()
 _MOVE_HEAD = (
     update(_HEADS)
     .where(_HEADS.c.name == CHAIN)
     .values(seq=bindparam("new_seq"), last_hash=bindparam("new_hash"))
 )
-# Moves the head only from the tip given: a compare-and-set that locks the row as it moves it.
-_MOVE_HEAD_FROM = _MOVE_HEAD.where(
-    _HEADS.c.seq == bindparam("seq"), _HEADS.c.last_hash == bindparam("last_hash")
+# A compare-and-set that locks the head in any case: it moves the head to the new tip only
+# from the tip guessed, and returns where the head is now (the new tip, or the real one).
+_GUESSED = and_(_HEADS.c.seq == bindparam("seq"), _HEADS.c.last_hash == bindparam("last_hash"))
+_MOVE_HEAD_FROM = (
+    update(_HEADS)
+    .where(_HEADS.c.name == CHAIN)
+    .values(
+        seq=case((_GUESSED, bindparam("new_seq")), else_=_HEADS.c.seq),
+        last_hash=case((_GUESSED, bindparam("new_hash")), else_=_HEADS.c.last_hash),
+    )
+    .returning(_HEADS.c.seq, _HEADS.c.last_hash)
 )
 # Where a connection left the chain when it last appended (``Connection.info`` lives as long
-# as the database connection): a guess, which ``_MOVE_HEAD_FROM`` checks.
+# as the database connection): the guess ``_MOVE_HEAD_FROM`` checks.
 _LAST_TIP = "mailmag.consent.tip"
-
-
-def _tip(conn: Connection) -> tuple[int, str]:
-    """The consent chain's length and last hash, its head row locked until the transaction
-    ends."""
-    head = conn.execute(_HEAD).one_or_none()
-    if head is None:  # the migration creates it; a missing head is tampering
-        raise RuntimeError(f"the {CHAIN} ledger head is missing")
-    return int(head.seq), str(head.last_hash)
+_NO_GUESS = {"seq": -1, "last_hash": "", "new_seq": -1, "new_hash": ""}
 
 
 def event_row(
@@ -159,8 +158,8 @@ def event_row(
 
 def append_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Add events at the end of the chain, in order, in the transaction of ``conn`` (an ORM
-    caller flushes first and passes ``session.connection()``): the head locked and read once,
-    the rows inserted in one statement, the head moved once. ``rows`` hold
+    caller flushes first and passes ``session.connection()``): the head locked and moved
+    (``_chain`` says how), the rows inserted in one statement. ``rows`` hold
     ``subscriber_id``, ``subject_digest``, ``purpose``, ``scope``, ``action``, ``channel``,
     ``notice_hash``, ``occurred_at``, ``ip``, ``user_agent`` and ``import_batch_id``
     (``event_row`` builds one); positions and hashes are assigned here."""
@@ -170,25 +169,32 @@ def append_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         row["personal_digest"] = personal_digest(row["ip"], row["user_agent"])
         row["personal_erased"] = False
         row["purged"] = False
-    tip = None
     guess = conn.info.get(_LAST_TIP)
-    if guess is not None:
-        tip = _chain(rows, *guess)
-        moved = conn.execute(_MOVE_HEAD_FROM, {"seq": guess[0], "last_hash": guess[1], **tip})
-        tip = tip if moved.rowcount == 1 else None
-    if tip is None:
-        tip = _chain(rows, *_tip(conn))
+    tip = _chain(rows, *guess) if guess is not None else _NO_GUESS
+    head = conn.execute(_MOVE_HEAD_FROM, {**_guess(guess), **tip}).one_or_none()
+    if head is None:  # the migration creates it; a missing head is tampering
+        raise RuntimeError(f"the {CHAIN} ledger head is missing")
+    if (head.seq, head.last_hash) != (tip["new_seq"], tip["new_hash"]):
+        tip = _chain(rows, int(head.seq), str(head.last_hash))  # the head, locked, is here
         conn.execute(_MOVE_HEAD, tip)
     conn.execute(_INSERT_EVENT, rows)
     conn.info[_LAST_TIP] = (tip["new_seq"], tip["new_hash"])
 
 
+def _guess(guess: tuple[int, str] | None) -> dict[str, Any]:
+    return {"seq": guess[0], "last_hash": guess[1]} if guess is not None else _NO_GUESS
+
+
 def _chain(rows: list[dict[str, Any]], seq: int, prev: str) -> dict[str, Any]:
     """Place ``rows`` after the tip (``seq``, ``prev``): their positions and hashes, and the
-    new tip. A connection that appended before guesses the tip it left, and the head moves
-    only if that is still the tip (``_MOVE_HEAD_FROM``); else (another connection appended
-    meanwhile, or the transaction was rolled back) the head is read, locked, and the rows
-    placed again: one statement less for a writer that appends batch after batch."""
+    new tip.
+
+    A connection that appended before guesses the tip it left, places the rows after it and
+    moves the head there in the one statement that locks it, if the guess still holds
+    (``_MOVE_HEAD_FROM``): two statements for a writer that appends batch after batch. Else
+    (no guess; another connection appended meanwhile; the transaction was rolled back) that
+    statement tells where the head is, locked, and the rows are placed again: three, as
+    when the head is read first."""
     for row in rows:
         seq += 1
         row["seq"] = seq

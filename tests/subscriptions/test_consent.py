@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, select
 
 from subscriptions import consent
@@ -169,7 +169,7 @@ def test_concurrent_appends_form_one_chain(engine: Engine) -> None:
 def test_a_connection_that_guessed_the_tip_wrong_still_appends_in_place(engine: Engine) -> None:
     """A connection remembers where it left the chain, to move the head without reading it
     first; another connection's appends, and its own rolled-back one, make that guess wrong,
-    and the chain stays whole. A right guess reads no head."""
+    and the chain stays whole."""
 
     def events(count: int) -> list[dict[str, Any]]:
         return [
@@ -183,32 +183,37 @@ def test_a_connection_that_guessed_the_tip_wrong_still_appends_in_place(engine: 
             for _ in range(count)
         ]
 
-    heads_read: list[str] = []
+    head_statements: list[str] = []
 
     def watch(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().startswith("SELECT") and "ledger_head" in statement:
-            heads_read.append(statement)
+        if "ledger_head" in statement:
+            head_statements.append(statement)
+
+    def append(conn: Connection, count: int) -> int:
+        """Append ``count`` events on ``conn``; how many statements touched the head."""
+        head_statements.clear()
+        consent.append_rows(conn, events(count))
+        return len(head_statements)
 
     writer = for_writing(engine)
-    with writer.connect() as mine, writer.connect() as other:
-        with mine.begin():
-            consent.append_rows(mine, events(2))
-        with other.begin():
-            consent.append_rows(other, events(3))  # mine's guess is now behind
-        with mine.begin():
-            consent.append_rows(mine, events(1))
-        rolled_back = mine.begin()
-        consent.append_rows(mine, events(2))  # a tip that never was
-        rolled_back.rollback()
-        with mine.begin():
-            consent.append_rows(mine, events(1))
-        event.listen(engine, "before_cursor_execute", watch)
-        try:
+    event.listen(engine, "before_cursor_execute", watch)
+    try:
+        with writer.connect() as mine, writer.connect() as other:
             with mine.begin():
-                consent.append_rows(mine, events(1))
-        finally:
-            event.remove(engine, "before_cursor_execute", watch)
-    assert heads_read == []
+                assert append(mine, 2) == 2  # no guess yet: told where the head is
+            with other.begin():
+                assert append(other, 3) == 2
+            with mine.begin():
+                assert append(mine, 1) == 2  # its guess is behind: the other appended
+            rolled_back = mine.begin()
+            append(mine, 2)  # a tip that never was
+            rolled_back.rollback()
+            with mine.begin():
+                assert append(mine, 1) == 2
+            with mine.begin():
+                assert append(mine, 1) == 1  # a right guess: the head moved in one statement
+    finally:
+        event.remove(engine, "before_cursor_execute", watch)
     result = verify(engine)
     assert result.ok, result.problem
     assert result.checked == 8
