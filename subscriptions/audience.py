@@ -45,7 +45,7 @@ _EXPAND = """
     FROM subscription s
     JOIN subscriber p ON p.id = s.subscriber_id
     WHERE s.magazine_id = :magazine_id AND s.status = 'confirmed'
-      AND s.subscriber_id > :after {upto}
+      AND s.subscriber_id > :after AND p.id > :after {upto}
       AND NOT EXISTS (SELECT 1 FROM suppression x WHERE x.address_digest = p.address_digest)
       AND ({assigned})
     ORDER BY s.subscriber_id
@@ -121,7 +121,9 @@ class StoreAudience:
             "now": utcnow(),
         }
         last = conn.execute(_CHUNK_END, {**params, "skip": max(limit, 1) - 1}).scalar()
-        upto = "" if last is None else "AND s.subscriber_id <= :upto"
+        # The chunk's range on both tables: PostgreSQL otherwise joins the chunk's
+        # subscriptions to a scan of every subscriber, on every chunk.
+        upto = "" if last is None else "AND s.subscriber_id <= :upto AND p.id <= :upto"
         queued = 0
         for processor, condition in assignments(self.registry, audience.route):
             statement = text(_EXPAND.format(upto=upto, assigned=condition)).bindparams(
