@@ -78,8 +78,10 @@ class Settings(BaseSettings):
     web_processes: Annotated[int, Field(ge=1, le=64)] = Field(
         default=1,
         description="Web processes of `mailmag serve`, sharing its port. One Python process "
-        "uses one core; set it to the number of cores for the public endpoints' full "
-        "throughput. Each also runs a delivery worker and the system-mail outbox. More "
+        "uses one core; more take more sign-ups a second (one-click unsubscribes gain "
+        "nothing: every process's writes take turns with the consent ledger's head, and on "
+        "2 cores with PostgreSQL two do fewer than one). Each also runs a delivery worker "
+        "and the system-mail outbox. More "
         "than one needs an SMTP relay (MAILMAG_SMTP_HOST): the embedded capture server "
         "belongs to a single process.",
     )
