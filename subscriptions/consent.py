@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, insert, text, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Result
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
@@ -186,15 +186,21 @@ def _append_on_postgresql(
         tip, columns = _chain(rows, *guess), _columns(rows)
     else:  # nothing to add yet: where the head is, locked
         tip, columns = _NO_GUESS, {f"{name}_": [] for name in _ARRAYS}
-    head = conn.execute(
-        _PG_APPEND_GUESSED, {"chain": CHAIN, **_guess(guess), **tip, **columns}
-    ).one_or_none()
-    if head is None:  # the migration creates it; a missing head is tampering
-        raise RuntimeError(f"the {CHAIN} ledger head is missing")
-    if (head.seq, head.last_hash) != (tip["new_seq"], tip["new_hash"]):
-        tip = _chain(rows, int(head.seq), str(head.last_hash))
+    head = _head(
+        conn.execute(_PG_APPEND_GUESSED, {"chain": CHAIN, **_guess(guess), **tip, **columns})
+    )
+    if head != (tip["new_seq"], tip["new_hash"]):
+        tip = _chain(rows, *head)  # the head, locked, is here
         conn.execute(_PG_APPEND, {"chain": CHAIN, **tip, **_columns(rows)})
     return tip
+
+
+def _head(result: Result[Any]) -> tuple[int, str]:
+    """Where the head is, as the statement that locked it returned."""
+    head = result.one_or_none()
+    if head is None:  # the migration creates it; a missing head is tampering
+        raise RuntimeError(f"the {CHAIN} ledger head is missing")
+    return int(head.seq), str(head.last_hash)
 
 
 def _columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -248,11 +254,9 @@ def append_rows(conn: Connection, rows: list[dict[str, Any]]) -> None:
         tip = _append_on_postgresql(conn, rows, guess)
     else:
         tip = _chain(rows, *guess) if guess is not None else _NO_GUESS
-        head = conn.execute(_MOVE_HEAD_FROM, {**_guess(guess), **tip}).one_or_none()
-        if head is None:  # the migration creates it; a missing head is tampering
-            raise RuntimeError(f"the {CHAIN} ledger head is missing")
-        if (head.seq, head.last_hash) != (tip["new_seq"], tip["new_hash"]):
-            tip = _chain(rows, int(head.seq), str(head.last_hash))  # the head, locked, is here
+        head = _head(conn.execute(_MOVE_HEAD_FROM, {**_guess(guess), **tip}))
+        if head != (tip["new_seq"], tip["new_hash"]):
+            tip = _chain(rows, *head)  # the head, locked, is here
             conn.execute(_MOVE_HEAD, tip)
         conn.execute(_INSERT_EVENT, rows)
     conn.info[_LAST_TIP] = (tip["new_seq"], tip["new_hash"])
@@ -268,10 +272,10 @@ def _chain(rows: list[dict[str, Any]], seq: int, prev: str) -> dict[str, Any]:
 
     A connection that appended before guesses the tip it left, places the rows after it and
     moves the head there in the one statement that locks it, if the guess still holds
-    (``_MOVE_HEAD_FROM``): two statements for a writer that appends batch after batch. Else
-    (no guess; another connection appended meanwhile; the transaction was rolled back) that
-    statement tells where the head is, locked, and the rows are placed again: three, as
-    when the head is read first."""
+    (``_MOVE_HEAD_FROM``): two statements for a writer that appends batch after batch (one on
+    PostgreSQL, which adds the rows in the same statement). Else (no guess; another
+    connection appended meanwhile; the transaction was rolled back) that statement tells
+    where the head is, locked, and the rows are placed again: three statements (two)."""
     for row in rows:
         seq += 1
         row["seq"] = seq
