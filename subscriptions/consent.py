@@ -114,6 +114,7 @@ _MOVE_HEAD = (
 )
 # A compare-and-set that locks the head in any case: it moves the head to the new tip only
 # from the tip guessed, and returns where the head is now (the new tip, or the real one).
+# PostgreSQL runs the same in ``_PG_APPEND_GUESSED``, together with the insert.
 _GUESSED = and_(_HEADS.c.seq == bindparam("seq"), _HEADS.c.last_hash == bindparam("last_hash"))
 _MOVE_HEAD_FROM = (
     update(_HEADS)
@@ -154,7 +155,8 @@ _ARRAYS = (
     "notice_hash", "occurred_at", "ip", "user_agent", "personal_digest", "personal_erased",
     "import_batch_id", "purged", "prev_hash", "row_hash",
 )  # fmt: skip
-# The guessed move and the rows, which go in only if the guess held; where the head is now.
+# The guessed move (``_MOVE_HEAD_FROM``'s compare-and-set, written in SQL to share a WITH
+# with the rows) and the rows, which go in only if the guess held; where the head is now.
 _GUESSED_MOVE = """
     WITH moved AS (
         UPDATE ledger_head SET
