@@ -1,6 +1,6 @@
 """The ``mailmag`` command.
 
-Every command reads the settings (``MAILMAG_*``, see the README) and fails on bad
+Every command reads the settings (``MAILMAG_*``, see docs/configuration.md) and fails on bad
 configuration with one line naming the setting, exit status 2, never a traceback.
 """
 

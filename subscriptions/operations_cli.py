@@ -185,7 +185,7 @@ def restore_command(
 
 
 def import_command(
-    file: Annotated[Path, typer.Argument(help="CSV with a header row; see the README.")],
+    file: Annotated[Path, typer.Argument(help="CSV with a header row; see docs/operations.md.")],
     magazine: Annotated[str, typer.Option(help="The magazine's slug.")],
     staff: Annotated[str, typer.Option(help="Who imports, for the record.")],
     basis: Annotated[

@@ -47,7 +47,7 @@ class Environment(StrEnum):
 
 
 class Settings(BaseSettings):
-    """Everything an operator can configure. Field docs are the reference in the README."""
+    """Everything an operator can configure; docs/configuration.md is the reference."""
 
     model_config = SettingsConfigDict(
         env_prefix="MAILMAG_", env_file=".env", extra="ignore", frozen=True
