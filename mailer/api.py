@@ -19,10 +19,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 
 from mailer import issues, queue
 from mailer.audience import Audience, Recipient
 from mailer.columns import RowId
+from mailer.compose import PreparedIssue
 from mailer.errors import InvalidTransition, MailerError
 from mailer.models import Issue, IssueBase, IssueStatus
 from mailer.sending import queue_the_rest, start_issue
@@ -231,6 +233,15 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             issue = load(session, issue_id)
         return rendered(issue, sample)
 
+    def prepare_for_test(issue_id: int) -> PreparedIssue:
+        with Session(engine) as session:
+            issue = load(session, issue_id)
+        try:
+            prepared, _audience = services.preparer.prepare(issue)
+        except MailerError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        return prepared
+
     @router.post("/{issue_id}/test-send")
     async def test_send(issue_id: RowId, data: TestSend) -> TestSendResult:
         """Send the issue, with sample values and inert links, to up to ten addresses."""
@@ -242,18 +253,15 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
                 raise HTTPException(
                     status.HTTP_422_UNPROCESSABLE_CONTENT, f"{raw}: {exc}"
                 ) from None
-        with Session(engine) as session:
-            issue = load(session, issue_id)
-        try:
-            prepared, _audience = services.preparer.prepare(issue)
-        except MailerError as exc:
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        # The issue is read and prepared, and each message rendered, in a worker thread:
+        # never a database call or a render on the event loop.
+        prepared = await run_in_threadpool(prepare_for_test, issue_id)
         transport = services.transport()
         results: dict[str, str] = {}
         try:
             for address in addresses:
                 recipient = _sample(data.sample, address)
-                message = prepared.message(recipient, "testsend")
+                message = await run_in_threadpool(prepared.message, recipient, "testsend")
                 sent = await transport.send(
                     Envelope(prepared.return_path("testsend"), address, message, transparent=True)
                 )

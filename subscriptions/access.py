@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from fastapi import Depends, HTTPException, Request, status
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from mailer.verp import TOKEN_LENGTH
 from subscriptions import staff as accounts
@@ -264,7 +265,8 @@ async def authorize(request: Request) -> None:
         _check_link(request, path or "")
     if rule.kind not in ("staff", "second_factor"):
         return
-    context = _identify(request, complete=rule.kind == "staff")
+    # The session or token is looked up in a worker thread: never a database call on the loop.
+    context = await run_in_threadpool(_identify, request, rule.kind == "staff")
     if context is None:
         if path is not None and path.startswith("/admin") and request.method in READ_ONLY_METHODS:
             target = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -7,6 +7,7 @@ services that ``mailmag serve`` starts beside the web app stop with it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -14,19 +15,20 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DataError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from mailer.api import MarketingServices, marketing_router
 from subscriptions import schema
 from subscriptions.access import LoginRequired, authorize, current_staff, login_redirect_target
-from subscriptions.db import make_engine
-from subscriptions.errors import BadToken
+from subscriptions.db import guard_loop, make_engine, outage_reason
+from subscriptions.errors import BadToken, StoreError
 from subscriptions.metrics import Metrics, MetricsMiddleware, metrics_router
 from subscriptions.routes import (
     admin,
@@ -55,11 +57,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        guard_loop(asyncio.get_running_loop())  # no blocking database call on this loop
         ready = False
         with contextlib.suppress(SQLAlchemyError):  # /readyz reports an unusable database
-            ready = schema.revision_state(runtime.engine).at_head
+            ready = (await asyncio.to_thread(schema.revision_state, runtime.engine)).at_head
+        runtime.readiness.watch()
         if ready:
-            runtime.sync_magazines()
+            await asyncio.to_thread(runtime.sync_magazines)
             await runtime.start_loops(delivery=delivery)
         else:
             log.warning("the database is not ready: background work waits for a restart")
@@ -68,6 +72,7 @@ def create_app(
         finally:
             await runtime.stop_loops()
             runtime.stop_services()
+            runtime.readiness.unwatch()
 
     app = FastAPI(
         title="mailmag",
@@ -80,13 +85,15 @@ def create_app(
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.runtime = runtime
-    metrics = Metrics(runtime.engine)
+    metrics = Metrics(runtime.engine, scheduler=lambda: runtime.scheduler)
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.include_router(metrics_router(metrics, token))
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(DataError, _unstorable)
+    for outage in STORE_OUTAGES:
+        app.add_exception_handler(outage, _store_unavailable)
     app.add_exception_handler(BadToken, public.bad_link)
     app.add_exception_handler(LoginRequired, _to_login)
     app.include_router(health.router)
@@ -152,6 +159,35 @@ async def _unstorable(_request: Request, error: Exception) -> Response:
     if "NUL" not in str(error.orig):
         raise error
     return JSONResponse({"detail": "text may not hold a NUL character"}, 422)
+
+
+# What a database that is away, locked, full or read-only raises (``db.outage_reason`` tells
+# them from a fault of ours): the request was fine and may be tried again, so the answer is
+# 503 with Retry-After, not a bare 500.
+STORE_OUTAGES: tuple[type[Exception], ...] = (DBAPIError, PoolTimeout, StoreError)
+RETRY_AFTER_SECONDS = 30
+_JSON_PREFIXES = ("/api/", "/processor/", "/metrics")
+
+
+def _store_unavailable(request: Request, error: Exception) -> Response:
+    """The answer when the store fails a request: JSON for the APIs, a page for people,
+    both saying to try again, with ``Retry-After``. The log line holds the database's
+    reason only (the engine hides statements' parameters, which may be personal data)."""
+    reason = outage_reason(error)
+    if reason is None:
+        raise error
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    log.error("the database failed %s %s: %s", request.method, route, reason)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "no-store"}
+    if request.url.path.startswith(_JSON_PREFIXES):
+        return JSONResponse(
+            {"detail": "the service cannot use its database right now; try again shortly"},
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers=headers,
+        )
+    answer = public.unavailable(request)
+    answer.headers.update(headers)
+    return answer
 
 
 def _writable(value: Any) -> Any:

@@ -256,6 +256,10 @@ def send(
     delivery = runtime.delivery_worker()
     out.print(f"issue {issue_id}: {queued} recipients queued now")
 
+    def progress_of(issue_id: int) -> Progress | None:
+        with Session(runtime.engine) as session:
+            return queue.progress(session, issue_id)
+
     async def main() -> Progress | None:
         with RichProgress(
             TextColumn("[bold]issue {task.fields[issue]}"),
@@ -268,8 +272,7 @@ def send(
             task = bar.add_task("send", total=None, issue=issue_id, rate=0.0)
             while True:
                 handled = await delivery.run_once()
-                with Session(runtime.engine) as session:
-                    found = queue.progress(session, issue_id)
+                found = await asyncio.to_thread(progress_of, issue_id)  # off the worker's loop
                 if found is None:
                     return None
                 bar.update(

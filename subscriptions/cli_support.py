@@ -12,7 +12,7 @@ from rich.console import Console
 from sqlalchemy.engine import Engine
 
 from subscriptions import logs, schema
-from subscriptions.db import check_connection, make_engine
+from subscriptions.db import check_connection, guard_loop, make_engine
 from subscriptions.errors import ConfigurationError, StoreError
 from subscriptions.runtime import Runtime, build_runtime
 from subscriptions.settings import Settings
@@ -26,11 +26,16 @@ T = TypeVar("T")
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """Run ``main`` on uvloop, as ``mailmag serve`` does under uvicorn, where it is installed
     (with uvicorn[standard] on Linux and macOS); on asyncio's own loop elsewhere."""
+
+    async def guarded() -> T:
+        guard_loop(asyncio.get_running_loop())  # no blocking database call on this loop
+        return await main
+
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+        return asyncio.run(guarded())
+    return uvloop.run(guarded())
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

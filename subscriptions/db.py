@@ -10,20 +10,32 @@ locked" when another writer got in between. Reads never block writers (WAL).
 
 PostgreSQL is driven by psycopg 3 with a connection pool sized for a web process plus a
 worker in the same process.
+
+On both, an error's text never holds a statement's parameters (addresses, names: personal
+data in logs), and a connection taken on the thread of an event loop that runs mailmag's
+work (``guard_loop``) is reported as a ``BlockingDatabaseCall`` warning: it stalls every
+request (the suite turns it into an error). ``outage_reason`` and ``storage_reason`` tell a
+database that is away, busy, full or read-only from any other error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import threading
+import traceback
+import warnings
+import weakref
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Insert, Table, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import SQLModel
 
 from mailer.transactions import BEGIN_OPTION, for_writing
@@ -97,10 +109,114 @@ class _WriterTurn:
 _HOLDS_TURN = "mailmag_holds_writer_turn"
 
 
+class BlockingDatabaseCall(RuntimeWarning):
+    """A database connection was taken on a thread that runs an event loop: every request
+    and background task of that loop waits for the database meanwhile (and, on SQLite, a
+    loop that waits for the write lock may be the one that must release it)."""
+
+
+_PACKAGES = tuple(
+    str(Path(__file__).resolve().parents[1] / name) for name in ("subscriptions", "mailer", "tests")
+)
+_THIS_FILE = str(Path(__file__).resolve())
+
+
+def _caller() -> str | None:
+    """The innermost frame of mailmag's own code below the pool, or None if that is a
+    test's own body (a test may block its own loop; the code it calls may not)."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if frame.filename.startswith(_PACKAGES) and frame.filename != _THIS_FILE:
+            if frame.filename.startswith(_PACKAGES[2]):
+                return None
+            return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
+    return None
+
+
+_guarded: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def guard_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Report every connection taken on ``loop``'s thread while it runs mailmag's work (the
+    app's loop from its start-up, a CLI command's): not every loop in a process is ours (a
+    browser driver's, in the tests, runs its own in the main thread)."""
+    _guarded.add(loop)
+
+
+def _on_checkout(*_args: Any) -> None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # a worker thread: where database work belongs
+    if loop not in _guarded:
+        return
+    where = _caller()
+    if where is not None:
+        warnings.warn(
+            f"a database connection taken on the event loop's thread, at {where}",
+            BlockingDatabaseCall,
+            stacklevel=2,
+        )
+
+
+# SQLite's primary result codes for a store that cannot write: READONLY, IOERR, FULL, CANTOPEN;
+# and for one that is there but cannot serve now: BUSY, LOCKED, PROTOCOL.
+_SQLITE_STORAGE = {8, 10, 13, 14}
+_SQLITE_UNAVAILABLE = _SQLITE_STORAGE | {5, 6, 15}
+# PostgreSQL's SQLSTATE for the same: class 53 (insufficient resources: disk full, out of
+# memory), class 58 (system error: I/O) and 25006 (a read-only transaction: a standby, or
+# read-only by setting); and connection exceptions (08), operator intervention (57P: shut
+# down, starting up), a lock not available (55P03), a statement cancelled by its timeout.
+_PG_STORAGE = ("53", "58", "25006")
+_PG_UNAVAILABLE = (*_PG_STORAGE, "08", "57P", "55P03", "57014")
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+
+
+def _driver_reason(
+    error: BaseException | None, sqlite: set[int], pg: tuple[str, ...]
+) -> str | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in sqlite:
+        return _first_line(error)  # type: ignore[arg-type]
+    state = getattr(error, "sqlstate", None)
+    if isinstance(state, str) and state.startswith(pg):
+        return _first_line(error)  # type: ignore[arg-type]
+    return None
+
+
+def storage_reason(error: BaseException | None) -> str | None:
+    """Why the database refused to write, if ``error`` (a driver's) says it is full, has
+    an I/O error or is read-only; None otherwise."""
+    return _driver_reason(error, _SQLITE_STORAGE, _PG_STORAGE)
+
+
+def outage_reason(error: BaseException) -> str | None:
+    """Why the store could not serve, if ``error`` says it is away, busy, full or
+    read-only (the request may be tried again); None for any other error (a fault of ours).
+    The reason is the database's first line, which holds no parameters."""
+    if isinstance(error, StoreError | PoolTimeout):
+        return _first_line(error)
+    if not isinstance(error, DBAPIError):
+        return None
+    orig = error.orig
+    if error.connection_invalidated:
+        return _first_line(orig or error)
+    known = _driver_reason(orig, _SQLITE_UNAVAILABLE, _PG_UNAVAILABLE)
+    if known is not None:
+        return known
+    # psycopg's errors without an SQLSTATE come from the connection itself (refused, lost).
+    if isinstance(error, OperationalError) and getattr(orig, "sqlstate", "") is None:
+        return _first_line(orig or error)
+    return None
+
+
 def make_engine(url: URL | str, **kwargs: Any) -> Engine:
     """Create the engine for ``url`` with the backend's durability settings applied."""
     options = {} if "poolclass" in kwargs else _default_options(url)
-    engine = create_engine(url, **(options | kwargs))
+    engine = create_engine(url, **({"hide_parameters": True} | options | kwargs))
+    event.listen(engine, "checkout", _on_checkout)
     if engine.dialect.name == "sqlite":
         database = engine.url.database or ""
         on_disk = database not in ("", ":memory:") and not database.startswith("file:")

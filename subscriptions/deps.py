@@ -30,7 +30,12 @@ READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_session(runtime: RuntimeDep, request: Request) -> Iterator[Session]:
-    """A session for the request; requests that may write take SQLite's write lock at BEGIN."""
+    """A session for a plain (``def``) route, which FastAPI runs in a worker thread; requests
+    that may write take SQLite's write lock at BEGIN. The session ends with the route
+    function (``scope="function"``), before the answer is sent: FastAPI's default would keep
+    its transaction, and SQLite's write lock, open while a slow client reads the answer.
+    A coroutine route never takes it (``tests/subscriptions/test_routes.py`` checks): its
+    database work goes through ``run_in_threadpool`` in a session of its own."""
     engine = runtime.engine
     if request.method not in READ_ONLY_METHODS:
         engine = for_writing(engine)
@@ -38,4 +43,4 @@ def get_session(runtime: RuntimeDep, request: Request) -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -1,9 +1,10 @@
 """Prometheus metrics at ``/metrics``: what an operator watches, no personal data.
 
 Counted as they happen: sign-ups, confirmations and unsubscribes (by channel), HTTP requests
-by route template and status class with their latency. Read from the database at each scrape:
-deliveries by state (the queue depth is queued + deferred + sending), subscriptions and
-issues by status, and messages sent in the last minute. Set ``MAILMAG_METRICS_TOKEN`` to
+by route template and status class with their latency. Read at each scrape: whether this
+process leads the scheduler and how many sweeps it ran; from the database, deliveries by
+state (the queue depth is queued + deferred + sending), subscriptions and issues by status,
+and messages sent in the last minute. Set ``MAILMAG_METRICS_TOKEN`` to
 require ``Authorization: Bearer <token>`` from the scraper.
 """
 
@@ -11,12 +12,12 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
@@ -25,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailer.clock import utcnow
 from mailer.models import Delivery, Issue
+from mailer.scheduler import Scheduler
 from subscriptions.models import Subscription
 
 
@@ -70,10 +72,33 @@ class StoreCollector(Collector):
             )
 
 
+class SchedulerCollector(Collector):
+    """Whether this process leads the scheduler, and how many sweeps it has run: across
+    processes, the leaders should add up to one, and the leader's sweeps should grow."""
+
+    def __init__(self, scheduler: Callable[[], Scheduler | None]) -> None:
+        self.scheduler = scheduler
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        scheduler = self.scheduler()
+        leading = scheduler is not None and scheduler.health().leading
+        yield GaugeMetricFamily(
+            "mailmag_scheduler_leader", "1 while this process leads the scheduler.", value=leading
+        )
+        yield CounterMetricFamily(
+            "mailmag_scheduler_sweeps",
+            "Sweeps for due issues this process has run as the leader.",
+            value=scheduler.sweeps if scheduler is not None else 0,
+        )
+
+
 class Metrics:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, scheduler: Callable[[], Scheduler | None] = lambda: None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(StoreCollector(engine))
+        self.registry.register(SchedulerCollector(scheduler))
         self.optin = Counter(
             "mailmag_optin_events",
             "Sign-ups, confirmations and unsubscribes.",

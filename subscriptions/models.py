@@ -675,3 +675,15 @@ class PrivacyRequest(SQLModel, table=True):
     outcome: str = Field(default="", sa_type=Text)
     entered_by: str = Field(default="", max_length=200)
     handled_by: str = Field(default="", max_length=200)
+
+
+# --- Operations -----------------------------------------------------------------------------
+
+
+class StoreProbe(SQLModel, table=True):
+    """One row that ``/readyz`` writes, to prove the store still takes writes."""
+
+    __tablename__ = "store_probe"
+
+    id: int = Field(primary_key=True)
+    written_at: datetime = Field(sa_type=UTCDateTime)

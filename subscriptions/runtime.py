@@ -38,6 +38,7 @@ from subscriptions.notice import NoticeBook
 from subscriptions.outbox import OutboxSender
 from subscriptions.paths import TEMPLATES_DIR
 from subscriptions.privacy_requests import Desk
+from subscriptions.readiness import Readiness
 from subscriptions.registry import Registry, load_registry
 from subscriptions.self_service import SelfService
 from subscriptions.settings import Settings
@@ -68,6 +69,7 @@ class Runtime:
     )
     login_guard: LoginGuard = field(default_factory=LoginGuard)
     commits: GroupCommit = field(init=False)  # the hot public writes, committed in groups
+    readiness: Readiness = field(init=False)
     capture: CaptureServer | None = None
     outbox: OutboxSender | None = None
     worker: DeliveryWorker | None = None
@@ -76,6 +78,7 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.commits = GroupCommit(self.engine)
+        self.readiness = Readiness(self.engine)
 
     def secret_box(self) -> SecretBox:
         """Seals staff TOTP seeds with a key derived from the app secret."""
@@ -200,7 +203,7 @@ class Runtime:
 
     async def stop_loops(self) -> None:
         if self.scheduler is not None:
-            await self.scheduler.stop()
+            await asyncio.to_thread(self.scheduler.stop)
             self.scheduler = None
         if self.worker is not None:
             self.worker.stop()

@@ -1,8 +1,10 @@
 """Liveness and readiness probes for load balancers and orchestrators.
 
-``/healthz`` answers as long as the process serves HTTP. ``/readyz`` answers 200 only when the
-database is reachable and its schema is at the latest migration; otherwise 503 with the
-reason, so a deployment waits for ``mailmag migrate``.
+``/healthz`` answers as long as the process serves HTTP. ``/readyz`` answers 200 only when
+this process can do its work (``subscriptions.readiness``: the database answers, its schema
+is current, it takes writes, and the scheduler's sweeps are on time where this process
+leads it); otherwise 503 with every reason, so a deployment waits for ``mailmag migrate``
+and an orchestrator sends no traffic to a process whose disk is full.
 """
 
 from __future__ import annotations
@@ -10,10 +12,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 
-from subscriptions.db import check_connection
 from subscriptions.deps import RuntimeDep
-from subscriptions.errors import StoreError
-from subscriptions.schema import revision_state
 
 router = APIRouter(tags=["health"])
 
@@ -24,23 +23,14 @@ class Health(BaseModel):
 
 
 @router.get("/healthz")
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health(status="ok")
 
 
 @router.get("/readyz", responses={503: {"model": Health}})
-def readyz(runtime: RuntimeDep, response: Response) -> Health:
-    try:
-        check_connection(runtime.engine)
-        state = revision_state(runtime.engine)
-    except StoreError as exc:
+async def readyz(runtime: RuntimeDep, response: Response) -> Health:
+    verdict = await runtime.readiness.check(runtime.scheduler)
+    if verdict.problems:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Health(status="unavailable", detail=f"database: {exc}")
-    if not state.at_head:
-        response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-        return Health(
-            status="unavailable",
-            detail=f"schema at {state.current or 'nothing'}, head is {state.head}: "
-            "run `mailmag migrate`",
-        )
-    return Health(status="ready", detail=f"schema at {state.current}")
+        return Health(status="unavailable", detail="; ".join(verdict.problems))
+    return Health(status="ready", detail=f"schema at {verdict.schema}")

@@ -18,9 +18,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
 from subscriptions.access import unsubscribe_link
 from subscriptions.consent import Evidence
+from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep, SessionDep
 from subscriptions.errors import BadToken, InvalidInput, RateLimited
 from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
@@ -103,6 +105,22 @@ def bad_link(request: Request, error: Exception) -> Response:
     )
 
 
+def unavailable(request: Request) -> Response:
+    """The page for a request the store could not serve (the app's handler adds
+    ``Retry-After``): nothing is wrong with what the person sent."""
+    runtime: Runtime = request.app.state.runtime
+    locale = locale_of(request, request.query_params.get("lang"))
+    _ = gettext_for(locale)
+    return message(
+        runtime,
+        request,
+        locale,
+        _("Please try again in a minute"),
+        _("We cannot take your request right now. Please try again in a minute."),
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
 # --- sign-up -------------------------------------------------------------------------------
 
 
@@ -113,22 +131,23 @@ def _magazines(session: Session) -> list[Magazine]:
 def _form(
     runtime: Runtime,
     request: Request,
-    session: Session,
     locale: str,
     *,
     values: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
+    """The sign-up page (in a worker thread: it reads the magazines in a session of its own)."""
     notice = runtime.optin.notices.current(locale)
-    magazines = [
-        {
-            "slug": m.slug,
-            "title": localised(m.title, locale),
-            "description": localised(m.description, locale),
-        }
-        for m in _magazines(session)
-    ]
+    with Session(runtime.engine) as session:
+        magazines = [
+            {
+                "slug": m.slug,
+                "title": localised(m.title, locale),
+                "description": localised(m.description, locale),
+            }
+            for m in _magazines(session)
+        ]
     return page(
         runtime,
         request,
@@ -155,10 +174,8 @@ def home() -> RedirectResponse:
 
 
 @router.get("/subscribe", response_class=HTMLResponse)
-def subscribe_form(
-    request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
-) -> Response:
-    return _form(runtime, request, session, locale_of(request, lang))
+def subscribe_form(request: Request, runtime: RuntimeDep, lang: Lang = None) -> Response:
+    return _form(runtime, request, locale_of(request, lang))
 
 
 def _validation_errors(exc: ValidationError) -> dict[str, str]:
@@ -178,19 +195,20 @@ async def _held(runtime: Runtime, started: float) -> None:
 
 
 @router.post("/subscribe", response_class=HTMLResponse)
-async def subscribe_submit(
-    request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
-) -> Response:
+async def subscribe_submit(request: Request, runtime: RuntimeDep, lang: Lang = None) -> Response:
+    """The body is read first; the checks, the writes and the page then run in a worker
+    thread, in a session that ends before the answer is held (a coroutine route holds no
+    session: a transaction held across the hold would keep SQLite's write lock for it)."""
     started = time.perf_counter()
-    answer = await _subscribe_submit(request, runtime, session, lang)
+    form = await request.form()
+    answer = await run_in_threadpool(_subscribe_submit, request, runtime, form, lang)
     await _held(runtime, started)
     return answer
 
 
-async def _subscribe_submit(
-    request: Request, runtime: Runtime, session: Session, lang: str | None
+def _subscribe_submit(
+    request: Request, runtime: Runtime, form: FormData, lang: str | None
 ) -> Response:
-    form = await request.form()
     locale = pick_locale(
         str(form.get("locale", "")) or lang, request.headers.get("accept-language")
     )
@@ -205,24 +223,16 @@ async def _subscribe_submit(
     keep = {k: v for k, v in raw.items() if k not in ("form_token", "notice_hash")}
     try:
         signup = SignUpRequest.model_validate(raw)
-        await run_in_threadpool(
-            runtime.optin.sign_up, session, signup, client_of(request), ConsentChannel.web_form
-        )
     except ValidationError as exc:
-        return _form(
-            runtime,
-            request,
-            session,
-            locale,
-            values=keep,
-            errors=_validation_errors(exc),
-            status_code=422,
-        )
+        errors = _validation_errors(exc)
+        return _form(runtime, request, locale, values=keep, errors=errors, status_code=422)
+    try:
+        with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
+            runtime.optin.sign_up(session, signup, client_of(request), ConsentChannel.web_form)
     except InvalidInput as exc:
         return _form(
             runtime,
             request,
-            session,
             locale,
             values=keep,
             errors={exc.field: _(exc.message)},
@@ -230,13 +240,7 @@ async def _subscribe_submit(
         )
     except BadToken as exc:
         return _form(
-            runtime,
-            request,
-            session,
-            locale,
-            values=keep,
-            errors={"form": _(str(exc))},
-            status_code=400,
+            runtime, request, locale, values=keep, errors={"form": _(str(exc))}, status_code=400
         )
     except RateLimited as exc:
         response = message(
@@ -424,11 +428,18 @@ def preferences_page(
 
 @router.post("/preferences/{token}")
 async def preferences_submit(
-    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+    token: Token, request: Request, runtime: RuntimeDep, lang: Lang = None
+) -> Response:
+    """The body is read before anything else (a slow one holds no session), then the change
+    is made in a worker thread, in a write session of its own."""
+    form = await request.form()
+    return await run_in_threadpool(_preferences_submit, token, request, runtime, form, lang)
+
+
+def _preferences_submit(
+    token: str, request: Request, runtime: Runtime, form: FormData, lang: str | None
 ) -> Response:
     locale = locale_of(request, lang)
-    subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
-    form = await request.form()
     profile: dict[str, str | None] = {}
     for field in PROFILE:
         value = str(form.get(field, "")).strip()
@@ -446,16 +457,20 @@ async def preferences_submit(
         profile[field] = value or None
     client = client_of(request)
     notice = runtime.optin.notices.current(locale)
-    runtime.self_service.update(
-        session,
-        subscriber,
-        magazines={str(v) for v in form.getlist("magazines")},
-        profile=profile,
-        joint_use=form.get("joint_use") == "yes",
-        foreign_transfer=form.get("foreign_transfer") == "yes",
-        foreign_countries=[c.code for c in runtime.registry.foreign_countries],
-        evidence=Evidence(ConsentChannel.link, client.ip, client.user_agent, notice.content_hash),
-    )
+    with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
+        subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
+        runtime.self_service.update(
+            session,
+            subscriber,
+            magazines={str(v) for v in form.getlist("magazines")},
+            profile=profile,
+            joint_use=form.get("joint_use") == "yes",
+            foreign_transfer=form.get("foreign_transfer") == "yes",
+            foreign_countries=[c.code for c in runtime.registry.foreign_countries],
+            evidence=Evidence(
+                ConsentChannel.link, client.ip, client.user_agent, notice.content_hash
+            ),
+        )
     return RedirectResponse(
         f"/preferences/{token}?lang={locale}&saved=1", status_code=status.HTTP_303_SEE_OTHER
     )

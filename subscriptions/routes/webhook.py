@@ -26,12 +26,14 @@ from fastapi import APIRouter, Header, HTTPException, Request, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from mailer.feedback import Feedback, FeedbackKind
 from mailer.transactions import for_writing
 from mailer.verp import TOKEN_LENGTH
 from subscriptions.deps import RuntimeDep
 from subscriptions.models import WebhookEvent
+from subscriptions.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1/feedback", tags=["feedback"])
 
@@ -86,6 +88,11 @@ async def feedback_webhook(
     token = event.token or _token_of(event.return_path or "")
     delivery_id = runtime.delivery_tokens.read(token) if token else None
     feedback = Feedback(FeedbackKind(event.type), delivery_id, event.detail or "webhook")
+    return await run_in_threadpool(_apply, runtime, event, feedback)
+
+
+def _apply(runtime: Runtime, event: FeedbackEvent, feedback: Feedback) -> WebhookAnswer:
+    """Store the event and what it changes, together (in a worker thread, off the loop)."""
     with Session(for_writing(runtime.engine)) as session:
         stored = WebhookEvent(event_id=event.id, kind=event.type)
         try:
@@ -96,7 +103,7 @@ async def feedback_webhook(
         outcome = runtime.feedback().apply_in(session, feedback)
         stored.outcome = outcome[:500]
         session.add(stored)
-        session.commit()  # the event and what it changed, together
+        session.commit()
     return WebhookAnswer(status="processed", outcome=outcome)
 
 
