@@ -252,7 +252,9 @@ class Scheduler:
                     break
         finally:
             if scheduler.running:
-                scheduler.shutdown(wait=False)
+                # A sweep or housekeeping under way finishes first (each is a few short
+                # transactions), so no job outlives the scheduler with a connection in hand.
+                scheduler.shutdown(wait=True)
             _running = None
             self._leading_since = None
             self.leader.release()
