@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -230,20 +230,37 @@ class OptIn:
         self.record_sign_up(session.connection(), self.check_sign_up(request, client, channel))
         session.commit()
 
+    def input_errors(self, values: Mapping[str, Any]) -> dict[str, str]:
+        """Every refusal of a sign-up's own values at once, field by field (what a form shows
+        next to each field): the address, at least one magazine, the fields the registry
+        requires, and transfer abroad only with joint use. ``values`` are the request's
+        fields, checked or raw, so a form whose other fields did not parse still shows
+        these. The first one is what ``check_sign_up`` refuses with."""
+        errors: dict[str, str] = {}
+        try:
+            normalise_address(str(values.get("email") or ""))
+        except InvalidInput as exc:
+            errors[exc.field] = exc.message
+        if not values.get("magazines"):
+            errors["magazines"] = N_("Choose at least one magazine.")
+        for field in self.registry.fields.required:
+            if field != "email" and not str(values.get(field) or "").strip():
+                errors.setdefault(field, N_("This field is required."))
+        if values.get("foreign_transfer") and not values.get("joint_use"):
+            errors["foreign_transfer"] = N_(
+                "Transfer abroad can only be agreed together with joint use."
+            )
+        return errors
+
     def check_sign_up(
         self, request: SignUpRequest, client: Client, channel: ConsentChannel
     ) -> CheckedSignUp:
         """Every check of a sign-up that needs no database, and the work that needs no write
         turn (the confirmation mail a new address will get is rendered here); raises
         ``InvalidInput``, ``BadToken`` or ``RateLimited``."""
+        for field, message in self.input_errors(request.model_dump()).items():
+            raise InvalidInput(field, message)
         email = normalise_address(request.email)
-        if not request.magazines:
-            raise InvalidInput("magazines", N_("Choose at least one magazine."))
-        if request.foreign_transfer and not request.joint_use:
-            raise InvalidInput(
-                "foreign_transfer",
-                N_("Transfer abroad can only be agreed together with joint use."),
-            )
         if not self.notices.is_current(request.notice_hash):
             raise InvalidInput(
                 "notice",

@@ -221,10 +221,14 @@ def _subscribe_submit(
     raw["foreign_transfer"] = form.get("foreign_transfer") == "yes"
     raw["locale"] = locale
     keep = {k: v for k, v in raw.items() if k not in ("form_token", "notice_hash")}
+    # Every error of the form at once, each beside its field: what did not parse, and what
+    # the sign-up's own checks refuse.
+    errors = {k: _(v) for k, v in runtime.optin.input_errors(raw).items()}
     try:
         signup = SignUpRequest.model_validate(raw)
     except ValidationError as exc:
-        errors = _validation_errors(exc)
+        errors = _validation_errors(exc) | errors
+    if errors:
         return _form(runtime, request, locale, values=keep, errors=errors, status_code=422)
     try:
         with Session(for_writing(runtime.engine), expire_on_commit=False) as session:

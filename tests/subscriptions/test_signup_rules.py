@@ -322,3 +322,39 @@ def test_maintenance_purges_old_nonces_and_sent_mail_but_not_queued_mail(
             SystemMailStatus.queued
         ]
 
+
+def test_an_empty_sign_up_form_shows_every_error_at_once_beside_its_field(
+    client: TestClient,
+) -> None:
+    page = client.get("/subscribe?lang=ja")
+    answer = client.post(
+        "/subscribe?lang=ja",
+        data={**hidden_fields(page.text), "email": "", "name": "山田 太郎", "locale": "ja"},
+    )
+    assert answer.status_code == 422
+    text = answer.text
+    assert 'id="email-error"' in text
+    assert 'id="magazines-error"' in text
+    assert "メールマガジンを1つ以上選択してください。" in text  # in the page's language
+    assert 'aria-invalid="true"' in text
+    assert "山田 太郎" in text  # what was typed is kept
+
+
+def test_a_field_the_registry_requires_is_required_by_the_server_too(
+    app: FastAPI, settings: Settings, engine: Engine, tmp_path: Path
+) -> None:
+    from subscriptions.registry import EXAMPLE_REGISTRY
+
+    registry = tmp_path / "registry.toml"
+    registry.write_text(
+        EXAMPLE_REGISTRY.read_text(encoding="utf-8").replace(
+            'required = ["email"]', 'required = ["email", "company"]'
+        ),
+        encoding="utf-8",
+    )
+    strict = create_app(settings.model_copy(update={"registry_file": registry}), engine=engine)
+    with TestClient(strict) as client:
+        answer = client.post("/subscribe", data=form(client, "a@example.org"))
+        assert answer.status_code == 422
+        assert "This field is required." in answer.text
+        assert subscribe(client, "a@example.org", company="Example KK").status_code == 200
