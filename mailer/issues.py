@@ -75,9 +75,14 @@ def pause(session: Session, issue: Issue, reason: str | None = None) -> None:
 
 
 def resume(session: Session, issue: Issue) -> None:
+    """Send again; an issue with nothing left to send (its last deliveries ended while it was
+    paused) is sent at once, since no worker would claim anything of it to notice."""
     _move(issue, S.sending)
     issue.pause_reason = None
     session.add(issue)
+    session.flush()
+    if issue.id is not None:
+        finish_if_done(session, issue.id)
 
 
 def cancel(session: Session, issue: Issue) -> None:

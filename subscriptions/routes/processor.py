@@ -9,6 +9,9 @@ the credential reaches is only that party's own work:
   with its opaque delivery token, the address, the merge fields the issue uses that the
   processor may receive, and the rendered message (base64 of the RFC 5322 bytes, whose
   return path is the VERP address given). Every batch is recorded as a transfer, per person.
+  A delivery whose message cannot be composed (a merge field that would break a header) is
+  not handed out but recorded ``failed`` with the reason; a template refused while rendering
+  pauses the issue, with the reason, and the rest of its batch goes back to the queue.
 - ``POST /processor/v1/outcomes``: what happened to each token (sent, deferred, failed), and
   bounces that arrive later. Tokens of other parties are ignored without saying why. Once an
   issue is older than its sending window plus the processor's retention, it answers 403.
@@ -35,8 +38,10 @@ from mailer import issues, queue
 from mailer.audience import Recipient
 from mailer.clock import utcnow
 from mailer.columns import RowId
+from mailer.errors import MailerError
 from mailer.feedback import Feedback, FeedbackKind
-from mailer.models import Delivery, DeliveryStatus, Issue
+from mailer.messages import compose_each, pause_reason
+from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Claim, Result
 from mailer.transactions import for_writing
 from mailer.verp import TOKEN_LENGTH
@@ -127,52 +132,83 @@ def claim_batch(runtime: RuntimeDep, party: Party, body: BatchRequest | None = N
     for claim in claims:
         by_issue.setdefault(claim.issue_id, []).append(claim)
     handed: list[PulledDelivery] = []
-    skipped: list[Result] = []
-    with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
-        for issue_id, issue_claims in by_issue.items():
-            issue = session.get(Issue, issue_id)
-            assert issue is not None
+    ended: list[Result] = []  # skipped, or failed because their message cannot be composed
+    given_back: list[Claim] = []  # their issue was paused: back to the queue untouched
+    pauses: dict[int, str] = {}
+    transfers: list[tuple[int, list[str], list[Recipient]]] = []
+    # Messages are composed with no transaction open: on SQLite a write transaction here
+    # held the write lock for as long as rendering a whole batch takes.
+    with Session(runtime.engine, expire_on_commit=False) as session:
+        found = {i: session.get(Issue, i) for i in by_issue}
+    for issue_id, issue_claims in by_issue.items():
+        issue = found[issue_id]
+        assert issue is not None
+        try:
             prepared, audience = runtime.preparer.prepare(issue)
-            ids = [c.subscriber_id for c in issue_claims if c.subscriber_id is not None]
-            eligible = {r.subscriber_id: r for r in runtime.audience.recipients(audience, ids)}
-            given: list[tuple[Claim, Recipient]] = []
-            for claim in issue_claims:
-                recipient = eligible.get(claim.subscriber_id or -1)
-                if recipient is None:
-                    skipped.append(
-                        Result(claim, DeliveryStatus.skipped, reply="no longer eligible")
-                    )
-                else:
-                    given.append((claim, recipient))
-            for claim, recipient in given:
-                token = runtime.delivery_tokens.make(claim.delivery_id)
-                handed.append(
-                    PulledDelivery(
-                        token=token,
-                        issue_id=issue_id,
-                        address=recipient.address,
-                        return_path=prepared.return_path(token),
-                        fields=dict(recipient.fields),
-                        message=base64.b64encode(prepared.message(recipient, token)).decode(),
-                    )
-                )
-            if given:
-                record_transfer(
-                    session,
-                    party=processor.key,
-                    party_kind="processor",
-                    fields=sorted(audience.fields | {"email"}),
-                    people=[
-                        (r.subscriber_id, runtime.optin.hasher.digest(r.address)) for _, r in given
-                    ],
-                    purpose="pull batch",
-                    legal_basis="entrustment (APPI Art. 27(5)(i))",
-                    triggered_by=f"processor credential #{party.id}",
+        except MailerError as exc:  # it can no longer be prepared: stop it, say why
+            pauses[issue_id] = f"paused while sending: {exc}"[:300]
+            given_back += issue_claims
+            continue
+        ids = [c.subscriber_id for c in issue_claims if c.subscriber_id is not None]
+        eligible = {r.subscriber_id: r for r in runtime.audience.recipients(audience, ids)}
+        given: list[tuple[Claim, Recipient]] = []
+        for claim in issue_claims:
+            recipient = eligible.get(claim.subscriber_id or -1)
+            if recipient is None:
+                ended.append(Result(claim, DeliveryStatus.skipped, reply="no longer eligible"))
+            else:
+                given.append((claim, recipient))
+        # One recipient whose message cannot be composed fails alone; a template refused for
+        # one pauses the issue, and the recipients after it go back to the queue.
+        composed = compose_each(
+            prepared, ((r, runtime.delivery_tokens.make(c.delivery_id)) for c, r in given)
+        )
+        given_back += [claim for claim, _ in given[len(composed) :]]
+        if composed and composed[-1].pauses_issue:
+            pauses[issue_id] = pause_reason(composed[-1])
+        sent: list[Recipient] = []
+        for (claim, recipient), one in zip(given, composed, strict=False):
+            if one.message is None:
+                ended.append(Result(claim, DeliveryStatus.failed, reply=one.reply))
+                continue
+            sent.append(recipient)
+            handed.append(
+                PulledDelivery(
+                    token=one.token,
                     issue_id=issue_id,
+                    address=recipient.address,
+                    return_path=prepared.return_path(one.token),
+                    fields=dict(recipient.fields),
+                    message=base64.b64encode(one.message).decode(),
                 )
+            )
+        if sent:
+            transfers.append((issue_id, sorted(audience.fields | {"email"}), sent))
+    with Session(for_writing(runtime.engine)) as session:
+        for issue_id, reason in pauses.items():
+            paused = session.exec(select(Issue).where(Issue.id == issue_id).with_for_update()).one()
+            if paused.status is IssueStatus.sending:
+                issues.pause(session, paused, reason)
+        for issue_id, fields, people in transfers:
+            record_transfer(
+                session,
+                party=processor.key,
+                party_kind="processor",
+                fields=fields,
+                people=[(r.subscriber_id, runtime.optin.hasher.digest(r.address)) for r in people],
+                purpose="pull batch",
+                legal_basis="entrustment (APPI Art. 27(5)(i))",
+                triggered_by=f"processor credential #{party.id}",
+                issue_id=issue_id,
+            )
         _touch(session, party)
         session.commit()
-    queue.record(runtime.engine, skipped)
+    queue.release(runtime.engine, given_back)
+    if queue.record(runtime.engine, ended):  # a batch's last deliveries may end here
+        with Session(for_writing(runtime.engine)) as session:
+            for issue_id in {r.claim.issue_id for r in ended}:
+                issues.finish_if_done(session, issue_id)
+            session.commit()
     return Batch(lease_seconds=int(LEASE.total_seconds()), deliveries=handed)
 
 

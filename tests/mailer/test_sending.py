@@ -4,6 +4,7 @@ real SMTP server, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -110,6 +111,15 @@ def status_of(engine: Engine, issue_id: int) -> IssueStatus:
         issue = session.get(Issue, issue_id)
         assert issue is not None
         return issue.status
+
+
+def transition(engine: Engine, issue_id: int, move: Callable[[Session, Issue], None]) -> None:
+    """Move the issue as staff would (``issues.pause``, ``issues.resume``...)."""
+    with Session(for_writing(engine)) as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        move(session, issue)
+        session.commit()
 
 
 def parse(raw: bytes) -> EmailMessage:
@@ -403,3 +413,14 @@ def test_the_links_of_a_sent_message_carry_only_its_delivery_token_and_work(
         statuses = dict(session.exec(select(Subscription.subscriber_id, Subscription.status)).all())
     assert statuses[person.id or 0] is SubscriptionStatus.unsubscribed
     assert statuses[other.id or 0] is SubscriptionStatus.confirmed
+
+
+def test_resuming_an_issue_with_nothing_left_marks_it_sent(app: FastAPI, engine: Engine) -> None:
+    issue_id, _people = seed(app, engine, 3)
+    runtime_of(app).start_issue(issue_id)
+    claims = queue.claim(engine, worker="w", limit=3, lease=timedelta(minutes=5))
+    transition(engine, issue_id, issues.pause)  # paused while its last batch was out
+    queue.record(engine, [Result(c, DeliveryStatus.sent, 250, "ok") for c in claims])
+    assert status_of(engine, issue_id) is IssueStatus.paused
+    transition(engine, issue_id, issues.resume)
+    assert status_of(engine, issue_id) is IssueStatus.sent
