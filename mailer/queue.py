@@ -5,8 +5,9 @@ and a lease, and a bumped ``fence``); on PostgreSQL with ``FOR UPDATE SKIP LOCKE
 number of workers share the queue, on SQLite inside one ``BEGIN IMMEDIATE`` transaction. A
 row changes again only when the relay's answer for it is known, and only if its fence is
 still the one the worker claimed: a worker whose lease expired and whose rows were claimed
-by another cannot overwrite the new owner's result. Rows of a crashed worker become
-claimable again when their lease runs out.
+by another cannot overwrite the new owner's result. A worker renews the lease of the rows it
+still holds while it sends them (``renew``); rows of a crashed worker become claimable again
+when their lease runs out, and a worker's rows it did not send go back at once (``release``).
 """
 
 from __future__ import annotations
@@ -203,8 +204,30 @@ def record(engine: Engine, results: Sequence[Result]) -> int:
     return int(result.rowcount)
 
 
+_RENEW = text("""
+    UPDATE delivery SET lease_until = :until
+    WHERE id IN :ids AND status = 'sending' AND lease_owner = :worker
+    RETURNING id, fence
+""").bindparams(bindparam("until", type_=UTCDateTime()), bindparam("ids", expanding=True))
+
+
+def renew(engine: Engine, claims: Iterable[Claim], *, worker: str, lease: timedelta) -> set[int]:
+    """Extend the lease of claims still held; return the delivery ids whose claim still holds
+    (still ``sending``, and neither expired and taken by another worker since, which bumped
+    the fence). A claim missing from the answer was lost, or its outcome recorded."""
+    fences = {c.delivery_id: c.fence for c in claims}
+    if not fences:
+        return set()
+    with for_writing(engine).begin() as conn:
+        rows = conn.execute(
+            _RENEW, {"until": utcnow() + lease, "ids": list(fences), "worker": worker}
+        ).all()
+    return {r.id for r in rows if fences.get(r.id) == r.fence}
+
+
 def release(engine: Engine, claims: Iterable[Claim]) -> None:
-    """Give claimed rows back untouched (the issue was paused while they waited)."""
+    """Give claimed rows back untouched, to be claimed again at once (the issue was paused
+    while they waited, or the worker stopped before sending them)."""
     params = [{"b_id": c.delivery_id, "b_fence": c.fence} for c in claims]
     if not params:
         return

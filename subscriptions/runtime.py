@@ -158,6 +158,7 @@ class Runtime:
             WorkerConfig(
                 per_second=self.settings.send_rate or None,
                 lease=timedelta(seconds=self.settings.delivery_lease_seconds),
+                connections=self.settings.smtp_pool_size,
                 retry_deadline=timedelta(days=self.settings.retry_days),
             ),
             bounces=self.feedback(),

@@ -169,7 +169,8 @@ class Settings(BaseSettings):
     delivery_lease_seconds: Annotated[int, Field(ge=1, le=86400)] = Field(
         default=300,
         description="How long a worker's claim on a batch lasts; a crashed worker's "
-        "deliveries are taken again after this.",
+        "deliveries are taken again after this. A working worker renews it every third of "
+        "this, and sends nothing of a claim it could not renew for four fifths of it.",
     )
 
     registry_file: Path | None = Field(

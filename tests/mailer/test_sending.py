@@ -4,6 +4,8 @@ real SMTP server, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
 from email import message_from_bytes, policy
@@ -16,7 +18,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailer import issues, queue
+from mailer.audience import Recipient
 from mailer.clock import utcnow
+from mailer.compose import PreparedIssue
 from mailer.errors import InvalidTransition
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Result
@@ -415,6 +419,32 @@ def test_the_links_of_a_sent_message_carry_only_its_delivery_token_and_work(
     assert statuses[other.id or 0] is SubscriptionStatus.confirmed
 
 
+def test_messages_are_composed_off_the_event_loop_each_once(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issue_id, people = seed(app, engine, 30)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    composed: list[tuple[int, str]] = []
+    original = PreparedIssue.message
+
+    def recording(self: PreparedIssue, recipient: Recipient, token: str, *args: str) -> bytes:
+        composed.append((threading.get_ident(), recipient.address))
+        return original(self, recipient, token, *args)
+
+    monkeypatch.setattr(PreparedIssue, "message", recording)
+    loop_threads: list[int] = []
+
+    async def scenario() -> None:
+        loop_threads.append(threading.get_ident())
+        await drain(worker_for(app, engine, smtp_server))
+
+    asyncio.run(scenario())
+    per_recipient = [address for _, address in composed if address != "sample@example.invalid"]
+    assert sorted(per_recipient) == sorted(p.email for p in people)  # once each
+    assert loop_threads[0] not in {thread for thread, _ in composed}
+
+
 def test_resuming_an_issue_with_nothing_left_marks_it_sent(app: FastAPI, engine: Engine) -> None:
     issue_id, _people = seed(app, engine, 3)
     runtime_of(app).start_issue(issue_id)
@@ -424,3 +454,58 @@ def test_resuming_an_issue_with_nothing_left_marks_it_sent(app: FastAPI, engine:
     assert status_of(engine, issue_id) is IssueStatus.paused
     transition(engine, issue_id, issues.resume)
     assert status_of(engine, issue_id) is IssueStatus.sent
+
+
+def test_a_worker_whose_lease_renewal_fails_stops_sending_and_gives_the_rest_back(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issue_id, people = seed(app, engine, 40)
+    runtime_of(app).start_issue(issue_id)
+    smtp_server.delay = 0.05  # 4 connections: about 80 a second, half a second for all
+    worker = worker_for(app, engine, smtp_server, batch=40, lease=timedelta(seconds=0.6))
+
+    def refused(*_args: object, **_kwargs: object) -> set[int]:
+        raise RuntimeError("the store refuses writes")
+
+    monkeypatch.setattr(queue, "renew", refused)  # the first renewal is due after 0.2 s
+    asyncio.run(one_batch(worker))
+    stored = Counter(d.status for d in deliveries(engine, issue_id))
+    assert worker.halted is not None
+    assert "renewing the lease failed" in worker.halted
+    assert 0 < len(smtp_server.received) < len(people)
+    assert stored[DeliveryStatus.sent] == len(smtp_server.received)  # each one recorded
+    assert stored[DeliveryStatus.queued] == len(people) - len(smtp_server.received)
+
+
+def test_a_worker_whose_lease_renewal_stalls_sends_nothing_once_the_lease_may_be_gone(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issue_id, people = seed(app, engine, 60)
+    runtime_of(app).start_issue(issue_id)
+    smtp_server.delay = 0.05  # 4 connections: about 80 a second, 0.75 s for all
+    worker = worker_for(
+        app, engine, smtp_server, batch=60, lease=timedelta(seconds=0.6), connections=4
+    )
+    stalled = threading.Event()
+
+    def stall(*_args: object, **_kwargs: object) -> set[int]:
+        stalled.wait(10)  # the renewal never comes back while the batch is sent
+        return set()
+
+    monkeypatch.setattr(queue, "renew", stall)
+    try:
+        asyncio.run(one_batch(worker, stalled))
+    finally:
+        stalled.set()
+    assert worker.halted is not None
+    assert "lease ran out" in worker.halted
+    assert 0 < len(smtp_server.received) < len(people)
+    stored = Counter(d.status for d in deliveries(engine, issue_id))
+    assert stored[DeliveryStatus.sent] == len(smtp_server.received)
+
+
+async def one_batch(worker: DeliveryWorker, done: threading.Event | None = None) -> None:
+    await worker.run_once()
+    await worker.close()
+    if done is not None:
+        done.set()  # lets a stalled renewal's thread end with the loop

@@ -18,15 +18,16 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from mailer.models import IssueStatus
+from mailer.worker import WorkerConfig
 from subscriptions.runtime import Runtime
-from tests.mailer.test_crash import issue_status, worker
+from tests.mailer.test_crash import issue_status, wait_until_sent, worker
 from tests.mailer.test_sending import seed
 from tests.reliability.conftest import record, size
 from tests.support.smtp import SMTPSink
 
 KILLS = size(5, 20)
 RECIPIENTS = KILLS * 150
-IN_FLIGHT = 50 + 8  # flush_every + pool size
+IN_FLIGHT = WorkerConfig().unrecorded_bound  # flush_every + one transaction per connection
 RESUME_BAR = 10.0
 
 
@@ -63,10 +64,7 @@ def test_a_worker_killed_again_and_again_loses_no_one(
                 time.sleep(0.01)
             else:
                 resumes.append(time.monotonic() - restarted)
-        deadline = time.monotonic() + 120
-        while issue_status(engine, issue_id) is not IssueStatus.sent:
-            assert time.monotonic() < deadline, "the issue did not finish"
-            time.sleep(0.1)
+        wait_until_sent(engine, issue_id, 120)
     finally:
         current.send_signal(signal.SIGTERM)
         current.wait(timeout=30)
