@@ -26,8 +26,8 @@ from pydantic import (
 )
 
 from subscriptions.errors import ConfigurationError
+from subscriptions.paths import EXAMPLE_REGISTRY as EXAMPLE_REGISTRY
 
-EXAMPLE_REGISTRY = Path(__file__).with_name("registry.example.toml")
 LOCALES = ("en", "ja")
 
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]*$", max_length=64)]

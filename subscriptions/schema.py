@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
-from importlib.resources import files
-from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -22,15 +20,15 @@ from sqlmodel import SQLModel
 
 import mailer.models
 import subscriptions.models
+from subscriptions.paths import MIGRATIONS_DIR
 
 target_metadata: MetaData = SQLModel.metadata
 _ = (mailer.models, subscriptions.models)  # imported for their tables
 
 
 def alembic_config() -> Config:
-    location = Path(str(files("migrations")))
     cfg = Config()
-    cfg.set_main_option("script_location", location.as_posix())
+    cfg.set_main_option("script_location", MIGRATIONS_DIR.as_posix())
     cfg.set_main_option("path_separator", "os")
     return cfg
 

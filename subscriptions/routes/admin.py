@@ -21,11 +21,11 @@ from subscriptions.access import CurrentContext
 from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep
 from subscriptions.models import AuditEvent, Magazine, NoticeVersion, TransferRecord, localised
-from subscriptions.paths import PROJECT_ROOT
+from subscriptions.paths import TEMPLATES_DIR
 from subscriptions.routes.admin_common import actor_of, render, secure
 
 router = APIRouter(prefix="/admin", tags=["admin"])
-STATIC = PROJECT_ROOT / "templates" / "admin" / "static"
+STATIC = TEMPLATES_DIR / "admin" / "static"
 STATIC_FILES = {"admin.js": "text/javascript; charset=utf-8"}
 
 
