@@ -4,18 +4,29 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock
+# What `make run` needs: mailmag and its dependencies, none of the test tools.
+RUN_STAMP := $(VENV)/.installed-run
+# What `make test` needs besides: the dev extra (pytest, Playwright, schemathesis, mypy, ruff).
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: install run test lint typecheck unit lock clean messages bench bench-postgresql soak
 
-$(STAMP): pyproject.toml setup.py requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
-	touch $(STAMP)
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
 
-install: $(STAMP)
+$(RUN_STAMP): pyproject.toml setup.py requirements.lock | $(BIN)/python
+	$(PIP) -e .
+	touch $@
 
-run: install
+$(DEV_STAMP): pyproject.toml setup.py requirements.lock | $(BIN)/python
+	$(PIP) -e '.[dev]'
+	touch $@ $(RUN_STAMP)
+
+# The development environment: everything, as `make test` installs it.
+install: $(DEV_STAMP)
+
+run: $(RUN_STAMP)
 	$(BIN)/mailmag migrate
 	$(BIN)/mailmag serve
 
