@@ -23,6 +23,7 @@ import pytest
 
 from mailer.capture import free_port
 from tests.support.pages import hidden_fields, link_in, local
+from tests.support.server import mailmag_serve
 
 pytestmark = pytest.mark.slow
 
@@ -89,30 +90,8 @@ def served(installed: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         [mailmag, "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
     )
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [mailmag, "serve"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{env['MAILMAG_HTTP_PORT']}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"mailmag serve did not become ready: {log.name}\n"
-                    + (tmp_path / "serve.log").read_text()
-                )
-            time.sleep(0.2)
-        yield base, tmp_path
-    finally:
-        process.terminate()
-        process.wait(timeout=15)
-        log.close()
+    with mailmag_serve(mailmag, tmp_path, env, timeout=30):
+        yield f"http://127.0.0.1:{env['MAILMAG_HTTP_PORT']}", tmp_path
 
 
 def captured(directory: Path, timeout: float = 20) -> list[EmailMessage]:

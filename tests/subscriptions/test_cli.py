@@ -17,6 +17,7 @@ import httpx2 as httpx
 import pytest
 
 from mailer.capture import free_port
+from tests.support.server import mailmag_serve
 from tests.support.smtp import SMTPSink
 
 MAILMAG = str(Path(sys.executable).parent / "mailmag")
@@ -100,28 +101,8 @@ def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[by
     """``mailmag migrate`` then ``mailmag serve`` with ``env``, until it answers /readyz."""
     assert run(["migrate"], tmp_path, env).returncode == 0
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILMAG_")}
-    log = (tmp_path / "serve.log").open("w")  # a file, not a pipe: a full pipe would block it
-    process = subprocess.Popen(
-        [MAILMAG, "serve"], cwd=tmp_path, env=clean | env, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{env['MAILMAG_HTTP_PORT']}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = (tmp_path / "serve.log").read_text()
-                pytest.fail(f"mailmag serve did not become ready: {output}")
-            time.sleep(0.1)
+    with mailmag_serve(MAILMAG, tmp_path, clean | env) as process:
         yield process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture

@@ -1,12 +1,16 @@
-"""The app served over real HTTP (uvicorn in a thread) for browser and load tests."""
+"""The app served over real HTTP: uvicorn in a thread (browser and load tests), or
+``mailmag serve`` in a process of its own (the command as an operator runs it)."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import httpx2 as httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -31,3 +35,33 @@ def serving(app: FastAPI, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+@contextmanager
+def mailmag_serve(
+    mailmag: str, cwd: Path, env: dict[str, str], timeout: float = 20
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``mailmag serve`` (the executable ``mailmag``) in ``cwd`` with exactly ``env``, from
+    when it answers /readyz until the block ends. Its output goes to ``cwd/serve.log``."""
+    log_path = cwd / "serve.log"
+    log = log_path.open("w")  # a file, not a pipe: a full pipe would block it
+    process = subprocess.Popen(
+        [mailmag, "serve"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    base = f"http://{LOOPBACK}:{env['MAILMAG_HTTP_PORT']}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mailmag serve did not become ready: {log_path.read_text()}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        log.close()
