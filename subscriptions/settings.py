@@ -10,7 +10,9 @@ directory, generates a secret key once into ``mailmag.secret`` beside it (mode 0
 with no SMTP relay configured, captures outgoing mail locally instead of sending it.
 
 Outside development mode (``MAILMAG_ENVIRONMENT=production``) a missing or placeholder secret
-key is refused, and so is a capture server standing in for a relay.
+key is refused, and so are a capture server standing in for a relay and a base URL that is not
+``https://`` (RFC 8058 one-click unsubscribe requires HTTPS links, and mailbox providers ignore
+the header otherwise).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class Settings(BaseSettings):
     base_url: AnyHttpUrl = Field(
         default=AnyHttpUrl("http://127.0.0.1:8000"),
         description="Public URL of the web app, used in every link mailmag sends; "
-        "unset = http://<http_host>:<http_port>.",
+        "unset = http://<http_host>:<http_port>. Production requires https://.",
     )
     secret_key: SecretStr | None = Field(
         default=None,
@@ -237,6 +239,11 @@ class Settings(BaseSettings):
                 )
             if not self.smtp_host:
                 raise ValueError("smtp_host: production needs an SMTP relay")
+            if urlsplit(str(self.base_url)).scheme != "https":
+                raise ValueError(
+                    f"base_url: production needs the public https:// URL of the web app, not "
+                    f"{self.base_url} (RFC 8058 one-click unsubscribe works only over HTTPS)"
+                )
         return self
 
     # Derived values -----------------------------------------------------------------------

@@ -47,11 +47,35 @@ def test_production_refuses_to_capture_instead_of_relaying() -> None:
         load_settings(_env_file=None, environment="production", secret_key=STRONG)
 
 
-def test_production_accepts_real_secret_and_relay() -> None:
+@pytest.mark.parametrize("base_url", [None, "http://news.example.com", "http://127.0.0.1:8000"])
+def test_production_refuses_a_base_url_that_is_not_https(base_url: str | None) -> None:
+    """Links over plain HTTP make RFC 8058 one-click unsubscribe invalid: the one-line error
+    names the setting and says why."""
+    given = {"base_url": base_url} if base_url else {}
+    with pytest.raises(ConfigurationError, match=r"^MAILMAG_BASE_URL: .*https://.*RFC 8058"):
+        load_settings(
+            _env_file=None,
+            environment="production",
+            secret_key=STRONG,
+            smtp_host="relay",
+            **given,
+        )
+
+
+def test_development_keeps_its_http_default() -> None:
+    assert str(load_settings(_env_file=None).base_url).startswith("http://127.0.0.1:8000")
+
+
+def test_production_accepts_real_secret_relay_and_https_url() -> None:
     settings = load_settings(
-        _env_file=None, environment="production", secret_key=STRONG, smtp_host="relay"
+        _env_file=None,
+        environment="production",
+        secret_key=STRONG,
+        smtp_host="relay",
+        base_url="https://news.example.com",
     )
     assert not settings.captures_mail
+    assert settings.secure_cookies
 
 
 @pytest.mark.parametrize(
