@@ -1,16 +1,21 @@
 """A local capture SMTP server for the embedded default, in the manner of Mailpit.
 
 With no relay configured, ``mailmag serve`` hands outgoing mail to this server on
-127.0.0.1 instead of the internet. Each message is written to a Maildir (fsynced by the
-stdlib's ``mailbox`` writer before the 250 reply) with its envelope in ``X-Envelope-*``
-headers, and the web app lists it at ``/_mail``, so a new user sees exactly what
-subscribers would receive.
+127.0.0.1 instead of the internet. Each message is written to a Maildir (created in
+``tmp/`` readable by its owner alone, fsynced, then renamed into ``new/``, before the 250
+reply) with its envelope in ``X-Envelope-*`` headers, and the web app lists it at
+``/_mail``, so a new user sees exactly what subscribers would receive. The stdlib's
+``mailbox`` reads the Maildir; it does not write it, since its writer creates every file
+0644 whatever the data in it.
 """
 
 from __future__ import annotations
 
+import itertools
 import mailbox
+import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -20,7 +25,10 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from mailer.private_files import private_opener
+
 LOOPBACK = "127.0.0.1"
+_SEQUENCE = itertools.count()
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -31,16 +39,29 @@ def free_port(host: str = LOOPBACK) -> int:
         return port
 
 
+def deliver(directory: Path, message: bytes) -> str:
+    """Add ``message`` to the Maildir ``directory`` as a 0600 file; return its key. The
+    name is unique as the Maildir convention makes it: time, process, a counter, host."""
+    key = f"{time.time_ns()}.P{os.getpid()}Q{next(_SEQUENCE)}.{socket.gethostname()}"
+    draft = directory / "tmp" / key
+    with open(draft, "xb", opener=private_opener) as handle:
+        handle.write(message)
+        handle.flush()
+        os.fsync(handle.fileno())
+    draft.rename(directory / "new" / key)
+    return key
+
+
 class _MaildirHandler:
-    def __init__(self, maildir: mailbox.Maildir) -> None:
-        self.maildir = maildir
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd hook name)
         prefix = (
             f"X-Envelope-From: {envelope.mail_from}\r\n"
             f"X-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n"
         ).encode()
-        self.maildir.add(prefix + envelope.original_content)
+        deliver(self.directory, prefix + envelope.original_content)
         return "250 Message captured"
 
 
@@ -58,10 +79,10 @@ class CaptureServer:
 
     def __init__(self, directory: Path, port: int = 0) -> None:
         self.directory = directory
-        self.maildir = mailbox.Maildir(directory, create=True)
+        mailbox.Maildir(directory, create=True)  # its folders, 0700
         self.port = port or free_port()
         self._controller = Controller(
-            _MaildirHandler(self.maildir),
+            _MaildirHandler(directory),
             hostname=LOOPBACK,
             port=self.port,
             data_size_limit=25 * 1024 * 1024,

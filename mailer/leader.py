@@ -21,6 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from mailer.private_files import open_private
+
 ADVISORY_KEY = 0x6D61696C6D6167  # "mailmag"
 # pg_locks shows a bigint advisory key as its high and low 32 bits (objsubid 1).
 _HELD = text(
@@ -57,7 +59,7 @@ class LeaderLock:
                 connection.close()
                 return False
             path = Path(f"{self.engine.url.database or 'mailmag.db'}.leader")
-            handle = path.open("ab")  # held while leading
+            handle = open_private(path, "ab")  # held while leading
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -5,6 +5,8 @@ checked (``PRAGMA integrity_check``) before it replaces the destination. Postgre
 --format=custom`` (the password goes through ``PGPASSWORD``, never the command line) and
 ``pg_restore --clean --if-exists --single-transaction``.
 
+The backup file is created readable by its owner alone (0600), as the store is.
+
 A restore refuses to overwrite a store that holds subscribers unless forced, and stop the
 service first: a restore replaces everything underneath it. After a restore both hash chains
 (the consent ledger and the audit log) are verified; a broken chain fails the restore loudly.
@@ -25,6 +27,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, select
 
+from mailer.private_files import PRIVATE_UMASK, create_private
 from subscriptions import audit, consent
 from subscriptions.errors import MailmagError, StoreError
 from subscriptions.models import Subscriber
@@ -70,7 +73,12 @@ def _run(command: list[str], env: dict[str, str] | None = None) -> None:
     if tool is None:
         raise BackupError(f"{command[0]} is not installed (Debian: postgresql-client)")
     done = subprocess.run(  # noqa: S603 (fixed arguments, no shell)
-        [tool, *command[1:]], env=env, capture_output=True, text=True, check=False
+        [tool, *command[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        umask=PRIVATE_UMASK,  # pg_dump creates its output file: 0600
     )
     if done.returncode != 0:
         raise BackupError(f"{command[0]} failed: {done.stderr.strip() or done.returncode}")
@@ -82,6 +90,7 @@ def backup(engine: Engine, destination: Path) -> str:
     partial.unlink(missing_ok=True)
     if engine.dialect.name == "sqlite":
         source = sqlite3.connect(_sqlite_path(engine))
+        create_private(partial)
         target = sqlite3.connect(partial)
         try:
             source.backup(target)
@@ -108,6 +117,7 @@ def restore(engine: Engine, source: Path, *, force: bool = False) -> Checked:
         raise BackupError("the database holds subscribers: restore with --force to replace them")
     if engine.dialect.name == "sqlite":
         backup_db = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        create_private(_sqlite_path(engine))
         live = sqlite3.connect(_sqlite_path(engine))
         try:
             (result,) = backup_db.execute("PRAGMA integrity_check").fetchone()

@@ -31,6 +31,7 @@ from mailer import queue
 from mailer.clock import utcnow
 from mailer.errors import MailerError
 from mailer.inbound import inbound_server
+from mailer.private_files import write_private
 from mailer.queue import Progress
 from subscriptions import audit, consent, operations_cli, parties, provision, schema
 from subscriptions.addresses import AddressHasher, normalise_address
@@ -320,7 +321,7 @@ def joint_use_export(
             )
         except TransferRefused as exc:
             fail(str(exc))
-        output.write_text(export.as_json() if fmt == "json" else export.as_csv(), encoding="utf-8")
+        write_private(output, export.as_json() if fmt == "json" else export.as_csv())
         session.commit()
     out.print(f"{len(export.rows)} people exported to {output} (transfer {export.transfer_id})")
     for reason, count in export.left_out.items():
@@ -359,9 +360,8 @@ def parties_export(
     runtime = runtime_for(settings)
     with Session(for_writing(runtime.engine)) as session:
         notices = parties.hand_over(session, party, triggered_by="mailmag parties export")
-        output.write_text(
-            json.dumps({"party": party, "notices": notices}, ensure_ascii=False, indent=2),
-            encoding="utf-8",
+        write_private(
+            output, json.dumps({"party": party, "notices": notices}, ensure_ascii=False, indent=2)
         )
         session.commit()
     out.print(f"{len(notices)} notices for {party} written to {output}")
@@ -444,7 +444,7 @@ def provide_command(
             )
         except (TransferRefused, InvalidInput) as exc:
             fail(str(exc))
-        output.write_text(provision.as_json(bundle), encoding="utf-8")
+        write_private(output, provision.as_json(bundle))
         session.commit()
     out.print(f"{len(bundle['people'])} people provided to {party}; recorded as a transfer")
 

@@ -6,7 +6,8 @@ foreign keys enforced and a generous busy timeout. Transactions are real (a cons
 snapshot from the first read). Work that writes goes through ``for_writing(engine)``, whose
 transactions start with ``BEGIN IMMEDIATE``: they wait their turn for the write lock up
 front, where a transaction that read first and wrote later would fail with "database is
-locked" when another writer got in between. Reads never block writers (WAL).
+locked" when another writer got in between. Reads never block writers (WAL). A new
+database file is created 0600 (``mailer.private_files``), and its companions with it.
 
 PostgreSQL is driven by psycopg 3 with a connection pool sized for a web process plus a
 worker in the same process.
@@ -38,6 +39,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import SQLModel
 
+from mailer.private_files import PRIVATE_FILE, create_private
 from mailer.transactions import BEGIN_OPTION, for_writing
 from subscriptions.errors import StoreError
 
@@ -79,7 +81,8 @@ class _WriterTurn:
         if self.lock_path is None:
             return None
         if self._file is None:
-            self._file = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
+            self._file = os.open(self.lock_path, flags, PRIVATE_FILE)
         return self._file
 
     def begin(self, conn: Any) -> None:
@@ -220,6 +223,10 @@ def make_engine(url: URL | str, **kwargs: Any) -> Engine:
     if engine.dialect.name == "sqlite":
         database = engine.url.database or ""
         on_disk = database not in ("", ":memory:") and not database.startswith("file:")
+        if on_disk and Path(database).parent.is_dir():
+            # 0600 from the start; SQLite gives its -wal, -shm and -journal files this mode.
+            # (A missing directory is left for SQLite to report when it first connects.)
+            create_private(Path(database))
         turn = _WriterTurn(f"{database}-writer.lock" if on_disk else None)
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", turn.begin)

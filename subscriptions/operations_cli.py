@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import getpass
+import io
 import json
 import sys
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from rich.progress import Progress as RichProgress
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
+from mailer.private_files import open_private, write_private
 from subscriptions import audit, backup, incidents
 from subscriptions.addresses import normalise_address
 from subscriptions.audit import Actor
@@ -87,9 +89,10 @@ def export_command(
     settings = load_settings()
     engine = store_for(settings)
     partial = output.with_name(output.name + ".partial")
+    partial.unlink(missing_ok=True)  # so that it is created anew, 0600
     with Session(for_writing(engine)) as session:
         try:
-            with partial.open("w", encoding="utf-8", newline="") as handle:
+            with open_private(partial, "w", encoding="utf-8", newline="") as handle:
                 rows = export_magazine(
                     session,
                     shell_actor(staff),
@@ -235,10 +238,11 @@ def import_command(
         out.print(f"{file} was imported before (batch {report.batch_id}): nothing changed")
         return
     if errors is not None:
-        with errors.open("w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["line", "reason"])
-            writer.writerows(report.problems)
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(["line", "reason"])
+        writer.writerows(report.problems)
+        write_private(errors, table.getvalue())
     counts = report.counts
     out.print(
         f"batch {report.batch_id}: {counts['rows']} rows, {counts['confirmed']} confirmed, "

@@ -17,6 +17,7 @@ the header otherwise).
 
 from __future__ import annotations
 
+import os
 import secrets
 from enum import StrEnum
 from pathlib import Path
@@ -35,6 +36,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from mailer.private_files import private_directory, write_private
 from mailer.transport import SMTPRelay, TLSMode
 from subscriptions.errors import ConfigurationError
 
@@ -304,14 +306,18 @@ class Settings(BaseSettings):
             return self.secret_key.get_secret_value().encode()
         path = self.data_dir / SECRET_FILE_NAME
         if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            # O_EXCL: two processes starting at once must agree on one key.
+            private_directory(self.data_dir)
+            # Written whole into a 0600 file of its own, then linked into place: link(2)
+            # fails if the name exists, so two processes starting at once agree on one key,
+            # and neither reads a file the other has not finished writing.
+            fresh = self.data_dir / f".{SECRET_FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+            write_private(fresh, secrets.token_urlsafe(48))
             try:
-                with path.open("x", encoding="ascii") as fh:
-                    path.chmod(0o600)
-                    fh.write(secrets.token_urlsafe(48))
+                os.link(fresh, path)
             except FileExistsError:
                 pass
+            finally:
+                fresh.unlink()
         key = path.read_text(encoding="ascii").strip()
         if len(key) < MIN_SECRET_LENGTH:
             raise ConfigurationError(f"MAILMAG_SECRET_KEY: the key in {path} is too short")

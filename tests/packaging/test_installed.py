@@ -22,6 +22,7 @@ import httpx2 as httpx
 import pytest
 
 from mailer.capture import free_port
+from tests.support.files import not_private
 from tests.support.pages import hidden_fields, link_in, local
 from tests.support.server import mailmag_serve
 
@@ -86,12 +87,16 @@ def served(installed: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         MAILMAG_HTTP_PORT=str(free_port()), MAILMAG_CAPTURE_SMTP_PORT=str(free_port())
     )
     mailmag = str(installed / "mailmag")
+    previous = os.umask(0o022)  # the common default, under which an ordinary file is 0644
     migrated = subprocess.run(
         [mailmag, "migrate"], cwd=tmp_path, env=env, capture_output=True, text=True, check=False
     )
     assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-    with mailmag_serve(mailmag, tmp_path, env, timeout=30):
-        yield f"http://127.0.0.1:{env['MAILMAG_HTTP_PORT']}", tmp_path
+    try:
+        with mailmag_serve(mailmag, tmp_path, env, timeout=30):
+            yield f"http://127.0.0.1:{env['MAILMAG_HTTP_PORT']}", tmp_path
+    finally:
+        os.umask(previous)
 
 
 def captured(directory: Path, timeout: float = 20) -> list[EmailMessage]:
@@ -153,3 +158,6 @@ def test_the_installed_wheel_signs_up_and_sends_the_confirmation(
     assert "Yes, confirm my subscription" in confirm.text
     listing = httpx.get(f"{base}/_mail", timeout=5)
     assert "new.reader@example.org" in listing.text
+    # the store and its companions, the secret, the leader's lock, the captured mail: every
+    # file the service wrote is its owner's alone (serve.log is the test's)
+    assert not_private(directory, frozenset({"serve.log"})) == {}
