@@ -20,6 +20,8 @@ from subscriptions.db import for_writing
 from subscriptions.errors import InvalidInput
 from subscriptions.importing import Importer
 from subscriptions.models import (
+    AuditEvent,
+    AuditSubject,
     ConsentChannel,
     ConsentEvent,
     ImportBatch,
@@ -173,6 +175,30 @@ def test_the_same_file_twice_changes_nothing(app: FastAPI, engine: Engine, tmp_p
     third = importer(app).run(copy, magazine="weekly", actor=STAFF)
     assert third.counts["unchanged"] == 2500
     assert third.counts["pending"] == 0
+
+
+def test_the_audit_row_of_an_import_names_everyone_it_brought_in(
+    app: FastAPI, engine: Engine, tmp_path: Path
+) -> None:
+    """Over more than one chunk: each person subscribed (pending here) is a subject of the
+    import's audit row; a refused line and a person already subscribed are not."""
+    people = [f"p{n}@example.org" for n in range(2100)]
+    first = write(tmp_path, "email\n" + "".join(f"{p}\n" for p in people[:5]), "first.csv")
+    importer(app).run(first, magazine="weekly", actor=STAFF)
+    path = write(tmp_path, "email\n" + "".join(f"{p}\n" for p in people) + "not an address\n")
+    report = importer(app).run(path, magazine="weekly", actor=STAFF)
+    assert (report.counts["pending"], report.counts["unchanged"]) == (2095, 5)
+    hasher = app.state.runtime.optin.hasher
+    with Session(engine) as session:
+        row = session.exec(
+            select(AuditEvent).where(AuditEvent.action == "import").order_by(col(AuditEvent.seq))
+        ).all()[-1]
+        named = session.exec(
+            select(AuditSubject.subject_digest).where(AuditSubject.audit_id == row.id)
+        ).all()
+        assert audit.verify(session).ok
+    assert row.subjects == 2095
+    assert sorted(named) == sorted(hasher.digest(p) for p in people[5:])
 
 
 @pytest.mark.parametrize(
