@@ -42,6 +42,7 @@ from subscriptions.routes import (
     public,
     webhook,
 )
+from subscriptions.routes.admin_common import invalid_page
 from subscriptions.runtime import build_runtime
 from subscriptions.settings import Settings
 
@@ -143,11 +144,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-async def _invalid_request(_request: Request, error: Exception) -> Response:
+async def _invalid_request(request: Request, error: Exception) -> Response:
     """FastAPI's own 422, except that what it echoes back is made writable first: a JSON
     body may hold "\\ud800", which decodes to a lone surrogate that the answer could not
-    be encoded with (a 500 instead of the 422)."""
+    be encoded with (a 500 instead of the 422). A browser on an admin page gets a page."""
     assert isinstance(error, RequestValidationError)
+    if (page := invalid_page(request, error)) is not None:
+        return page
     return JSONResponse({"detail": _writable(jsonable_encoder(error.errors()))}, 422)
 
 

@@ -5,7 +5,6 @@ talks to the same JSON API as any other client (with the session's CSRF token).
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Iterator
 from typing import Annotated
@@ -21,6 +20,7 @@ from subscriptions.access import CurrentContext
 from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep
 from subscriptions.models import AuditEvent, Magazine, NoticeVersion, TransferRecord, localised
+from subscriptions.notice import compare_versions
 from subscriptions.paths import TEMPLATES_DIR
 from subscriptions.routes.admin_common import actor_of, render, secure
 
@@ -168,30 +168,16 @@ def notice_diff(
     request: Request,
     runtime: RuntimeDep,
     staff: CurrentContext,
-    a: RowId,
-    b: RowId,
+    a: RowId | None = None,
+    b: RowId | None = None,
 ) -> Response:
-    """Two notice versions side by side: what was removed and what was added."""
+    """Two notice versions side by side: what was removed and what was added. Without
+    ``a`` or ``b``, the newest change (see ``compare_versions``), and a picker for others."""
     with Session(runtime.engine) as session:
-        old, new = session.get(NoticeVersion, a), session.get(NoticeVersion, b)
-    if old is None or new is None:
+        comparison = compare_versions(session, a, b)
+    if comparison is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such notice version")
-    matcher = difflib.SequenceMatcher(None, old.body, new.body, autojunk=False)
-    pieces = []
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op == "equal":
-            pieces.append(("same", old.body[i1:i2]))
-            continue
-        if i2 > i1:
-            pieces.append(("removed", old.body[i1:i2]))
-        if j2 > j1:
-            pieces.append(("added", new.body[j1:j2]))
-    return render(
-        request,
-        "admin/notice_diff.html",
-        {"old": old, "new": new, "pieces": pieces, "ratio": matcher.ratio()},
-        staff=staff,
-    )
+    return render(request, "admin/notice_diff.html", {"c": comparison}, staff=staff)
 
 
 @router.get("/transfers", response_class=HTMLResponse)

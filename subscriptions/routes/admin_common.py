@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 
 from subscriptions.access import StaffContext, rule_for
 from subscriptions.audit import Actor
@@ -72,6 +73,21 @@ def render(
         request, name, values, status_code=status_code
     )
     return secure(response)
+
+
+def invalid_page(request: Request, error: RequestValidationError) -> Response | None:
+    """What a browser gets for an admin page or form asked for with a value it cannot take
+    (a missing or malformed parameter, a field too short): a page that names each problem,
+    not FastAPI's JSON. None for the API and for scripts (they ask for JSON)."""
+    if not request.url.path.startswith("/admin") or "text/html" not in request.headers.get(
+        "accept", ""
+    ):
+        return None
+    problems = [
+        (str(e["loc"][-1]) if e.get("loc") else "request", str(e.get("msg", "")))
+        for e in error.errors()
+    ]
+    return render(request, "admin/invalid.html", {"problems": problems}, status_code=422)
 
 
 def source_of(request: Request) -> str:

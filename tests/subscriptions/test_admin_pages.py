@@ -87,6 +87,62 @@ def test_registries_list_processors_and_the_notice_diff_shows_what_changed(
         assert len(session.exec(select(NoticeVersion)).all()) >= 2
 
 
+def test_the_notice_page_without_parameters_shows_the_newest_change(
+    client: TestClient, app: FastAPI, engine: Engine
+) -> None:
+    """Opened from the menu or a bookmark, with no ``a`` and ``b``: a page, never raw JSON.
+    With nothing to compare it says so; then it shows the newest change, and a version
+    named alone is compared with its neighbour."""
+    email, seed_ = add_staff(engine, StaffRole.privacy_officer, runtime_of(app).secret_box())
+    login(client, email, seed_)
+    with Session(for_writing(engine)) as session:
+        for stored in session.exec(select(NoticeVersion)).all():  # shown by the app's start
+            session.delete(stored)
+        session.commit()
+    empty = client.get("/admin/notices")
+    assert empty.status_code == 200
+    assert empty.headers["content-type"].startswith("text/html")
+    assert "No notice has been shown yet." in empty.text
+    with Session(for_writing(engine)) as session:
+        ids = []
+        for locale, body in (
+            ("en", "Retention: 3 years.\n"),
+            ("ja", "保存期間: 3年\n"),
+            ("en", "Retention: 5 years.\n"),
+        ):
+            digest = hashlib.sha256(body.encode()).hexdigest()
+            ids.append(record_notice(session, Notice(locale, body, digest)).id)
+        session.commit()
+    newest = client.get("/admin/notices")
+    assert newest.status_code == 200
+    assert f"Notice #{ids[0]} → #{ids[2]} (en)" in newest.text
+    assert "<del>3</del>" in newest.text
+    assert "<ins>5</ins>" in newest.text
+    first_ja = client.get("/admin/notices", params={"b": ids[1]})
+    assert first_ja.status_code == 200
+    assert "is the first ja version" in first_ja.text
+    since = client.get("/admin/notices", params={"a": ids[0]})
+    assert f"Notice #{ids[0]} → #{ids[2]} (en)" in since.text
+    assert client.get("/admin/notices", params={"b": 999999}).status_code == 404
+
+
+def test_an_admin_page_asked_for_with_a_bad_value_answers_with_a_page(
+    client: TestClient, app: FastAPI, engine: Engine
+) -> None:
+    """A browser gets a page naming the problem (the API keeps its JSON)."""
+    email, seed_ = add_staff(engine, StaffRole.privacy_officer, runtime_of(app).secret_box())
+    login(client, email, seed_)
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    bad = client.get("/admin/notices", params={"a": "latest"}, headers=browser)
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("text/html")
+    assert "That did not work" in bad.text
+    assert "<strong>a</strong>" in bad.text
+    script = client.get("/admin/audit", params={"before": "x"}, headers={"Accept": "*/*"})
+    assert script.status_code == 422
+    assert script.headers["content-type"] == "application/json"
+
+
 def test_searching_subscribers_is_an_audited_read_and_the_export_audits_itself(
     client: TestClient, app: FastAPI, engine: Engine
 ) -> None:
