@@ -10,7 +10,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # What `make test` needs besides: the dev extra (pytest, Playwright, schemathesis, mypy, ruff).
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: install run test lint typecheck unit lock clean messages bench bench-postgresql soak
+.PHONY: install run test lint typecheck unit lock clean messages swagger-ui bench bench-postgresql soak
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,16 @@ messages: install
 	mkdir -p build
 	$(BIN)/pybabel extract -F babel.cfg -k _ -k N_ --no-location --omit-header -o build/messages.pot .
 	$(BIN)/pybabel update -i build/messages.pot -d subscriptions/locale --no-wrap --omit-header
+
+# Vendor Swagger UI (the npm package swagger-ui-dist) for /docs, which mailmag serves itself:
+# `make swagger-ui SWAGGER_UI=<version>` replaces templates/static/swagger_ui.
+SWAGGER_UI ?= $(shell cat templates/static/swagger_ui/VERSION)
+swagger-ui:
+	rm -rf build/swagger-ui && mkdir -p build/swagger-ui
+	cd build/swagger-ui && npm pack --silent swagger-ui-dist@$(SWAGGER_UI) >/dev/null && tar -xzf *.tgz
+	cd build/swagger-ui/package && cp LICENSE NOTICE favicon-32x32.png swagger-ui.css \
+		swagger-ui-bundle.js swagger-ui-bundle.js.LICENSE.txt ../../../templates/static/swagger_ui/
+	echo $(SWAGGER_UI) > templates/static/swagger_ui/VERSION
 
 # The benchmark (installs smtp-sink, smtp-source and wrk from Debian when missing); results in
 # bench/results/. BENCH_ARGS="--full" for 1,000,000 subscribers.

@@ -167,10 +167,15 @@ TABLE: dict[str, Rule] = {
     "POST /admin/staff": ACCOUNTS,
     "POST /admin/staff/{staff_id}": ACCOUNTS,
     "GET /admin/static/{name}": PUBLIC,
+    # mailmag's own stylesheets and scripts, and the API's documentation page
+    "GET /static/{name}": PUBLIC,
+    "GET /static/{folder}/{name}": PUBLIC,
+    "GET /docs": PUBLIC,
     # captured mail (only mounted in development)
     "GET /_mail": PUBLIC,
     "GET /_mail/{key}": PUBLIC,
     "GET /_mail/{key}/raw": PUBLIC,
+    "GET /_mail/{key}/html": PUBLIC,
 }
 
 

@@ -34,6 +34,7 @@ from subscriptions.routes import (
     admin,
     admin_auth,
     admin_privacy,
+    assets,
     captured,
     contact,
     health,
@@ -44,6 +45,7 @@ from subscriptions.routes import (
 )
 from subscriptions.routes.admin_common import invalid_page
 from subscriptions.runtime import build_runtime
+from subscriptions.security_headers import SecurityHeaders
 from subscriptions.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,8 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         dependencies=[Depends(authorize)],
+        docs_url=None,  # served by routes/assets.py, from mailmag's own copy of Swagger UI
+        redoc_url=None,
         # mailmag's own Prometheus metrics (/metrics) describe it; FastAPI's OpenTelemetry
         # hooks, with nothing to export to, would only cost every request a few lookups.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
@@ -89,6 +93,7 @@ def create_app(
     metrics = Metrics(runtime.engine, scheduler=lambda: runtime.scheduler)
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders, https=settings.secure_cookies)
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     app.include_router(metrics_router(metrics, token))
     app.add_exception_handler(RequestValidationError, _invalid_request)
@@ -98,6 +103,7 @@ def create_app(
     app.add_exception_handler(BadToken, public.bad_link)
     app.add_exception_handler(LoginRequired, _to_login)
     app.include_router(health.router)
+    app.include_router(assets.router)
     app.include_router(public.router)
     app.include_router(public.api)
     app.include_router(webhook.router)

@@ -17,12 +17,9 @@ from subscriptions.access import StaffContext, rule_for
 from subscriptions.audit import Actor
 from subscriptions.deps import get_runtime
 from subscriptions.models import StaffUser
+from subscriptions.security_headers import ADMIN
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; frame-src 'self'; object-src 'none'; base-uri 'none'; "
-    "form-action 'self'; frame-ancestors 'none'"
-)
+CSP = ADMIN  # subscriptions/security_headers.py says why each directive is what it is
 
 # The menu; an entry shows when the access table lets the role open it.
 MENU = (

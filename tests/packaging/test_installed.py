@@ -158,6 +158,8 @@ def test_the_installed_wheel_signs_up_and_sends_the_confirmation(
     assert "Yes, confirm my subscription" in confirm.text
     listing = httpx.get(f"{base}/_mail", timeout=5)
     assert "new.reader@example.org" in listing.text
+    for asset in ("site.css", "docs.js", "swagger_ui/swagger-ui-bundle.js"):  # package data
+        assert httpx.get(f"{base}/static/{asset}", timeout=5).status_code == 200, asset
     # the store and its companions, the secret, the leader's lock, the captured mail: every
     # file the service wrote is its owner's alone (serve.log is the test's)
     assert not_private(directory, frozenset({"serve.log"})) == {}
