@@ -8,10 +8,10 @@ whose messages would lack the legally required footer, is refused with the reaso
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from email_validator import EmailNotValidError, validate_email
 from fastapi import APIRouter, BackgroundTasks, Depends, HTTPException, status
@@ -25,7 +25,7 @@ from mailer import issues, queue
 from mailer.audience import Audience, Recipient
 from mailer.columns import RowId
 from mailer.compose import PreparedIssue
-from mailer.errors import InvalidTransition, MailerError
+from mailer.errors import InvalidTransition, MailerError, TestSendLimited
 from mailer.models import Issue, IssueBase, IssueStatus
 from mailer.sending import queue_the_rest, start_issue
 from mailer.transactions import for_writing
@@ -109,7 +109,45 @@ class TestSend(BaseModel):
 
 
 class TestSendResult(BaseModel):
-    results: dict[str, str]
+    results: dict[str, str] = Field(
+        description='Per address: "sent", "skipped: ..." (an address mailmag does not mail; '
+        "nothing was sent to it) or the relay's refusal."
+    )
+
+
+SKIPPED = "skipped: not sent, this address does not receive mail from us"
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    """The staff member behind a request, as the opt-in store names them: ``key`` for their
+    limits, ``name`` and ``source`` for the audit log."""
+
+    key: str
+    name: str
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TestSendClearance:
+    """Which of the addresses asked for may be mailed, and which may not."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    send: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
+class TestSendGate(Protocol):
+    """The opt-in store's say on a test send, before anything is sent."""
+
+    def clear(
+        self, operator: Operator, issue_id: int, addresses: Sequence[str]
+    ) -> TestSendClearance:
+        """Admit it or raise ``TestSendLimited`` (the operator's or the issue's limit is
+        reached), record it (durably, before any mail), and split ``addresses`` into those
+        that may be mailed and those that may not (suppressed, unsubscribed)."""
+        ...
 
 
 class ScheduleRequest(BaseModel):
@@ -136,6 +174,9 @@ class MarketingServices:
     audience: Audience
     preparer: IssuePreparer
     transport: Callable[[], Transport]
+    operator: Callable[..., Operator]  # a FastAPI dependency: who is calling
+    test_sends: TestSendGate
+    test_token: str  # the delivery token of test messages (verp.TEST_DELIVERY)
     on_scheduled: Callable[[int, datetime], None] = lambda _issue, _at: None
     on_started: Callable[[], None] = lambda: None
 
@@ -233,37 +274,71 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             issue = load(session, issue_id)
         return rendered(issue, sample)
 
-    def prepare_for_test(issue_id: int) -> PreparedIssue:
+    def cleared_test(
+        issue_id: RowId, addresses: list[str], operator: Operator
+    ) -> tuple[PreparedIssue, TestSendClearance]:
+        """The issue prepared as a test ("[TEST]" before its subject), and the store's
+        clearance; blocking work, run in a thread."""
         with Session(engine) as session:
             issue = load(session, issue_id)
+        marked = Issue.model_validate(issue.model_dump())
+        marked.subject = f"[TEST] {issue.subject}"  # past the stored field's 300 characters
         try:
-            prepared, _audience = services.preparer.prepare(issue)
+            prepared, _audience = services.preparer.prepare(marked)
         except MailerError as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
-        return prepared
+        try:
+            clearance = services.test_sends.clear(operator, issue_id, addresses)
+        except TestSendLimited as exc:
+            raise HTTPException(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                str(exc),
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
+        return prepared, clearance
 
-    @router.post("/{issue_id}/test-send")
-    async def test_send(issue_id: RowId, data: TestSend) -> TestSendResult:
-        """Send the issue, with sample values and inert links, to up to ten addresses."""
-        addresses = []
+    @router.post(
+        "/{issue_id}/test-send",
+        responses={
+            429: {
+                "description": "The staff member's or the issue's test sends are "
+                "used up for now; Retry-After says when to try again."
+            }
+        },
+    )
+    async def test_send(
+        issue_id: RowId,
+        data: TestSend,
+        # A default, not an Annotated hint: the dependency is this router's, local to it.
+        operator: Operator = Depends(services.operator),
+    ) -> TestSendResult:
+        """Send the issue as a test, "[TEST]" before its subject and sample values in it, to
+        up to ten addresses. Limited per staff member and per issue, recorded in the audit
+        log; an address mailmag does not mail (suppressed, unsubscribed) is skipped. The
+        message's links open a page saying it was a test."""
+        addresses: list[str] = []
+        seen: set[str] = set()  # one message per address, whatever the letter case
         for raw in data.addresses:
             try:
-                addresses.append(str(validate_email(raw, check_deliverability=False).normalized))
+                address = str(validate_email(raw, check_deliverability=False).normalized)
             except EmailNotValidError as exc:
                 raise HTTPException(
                     status.HTTP_422_UNPROCESSABLE_CONTENT, f"{raw}: {exc}"
                 ) from None
-        # The issue is read and prepared, and each message rendered, in a worker thread:
-        # never a database call or a render on the event loop.
-        prepared = await run_in_threadpool(prepare_for_test, issue_id)
+            if address.lower() not in seen:
+                seen.add(address.lower())
+                addresses.append(address)
+        prepared, clearance = await run_in_threadpool(cleared_test, issue_id, addresses, operator)
+        token = services.test_token
+        results = dict.fromkeys(clearance.skipped, SKIPPED)
         transport = services.transport()
-        results: dict[str, str] = {}
         try:
-            for address in addresses:
-                recipient = _sample(data.sample, address)
-                message = await run_in_threadpool(prepared.message, recipient, "testsend")
+            for address in clearance.send:
+                message = await run_in_threadpool(
+                    prepared.message, _sample(data.sample, address), token
+                )
                 sent = await transport.send(
-                    Envelope(prepared.return_path("testsend"), address, message, transparent=True)
+                    Envelope(prepared.return_path(token), address, message, transparent=True)
                 )
                 results[address] = (
                     sent.outcome.value
@@ -272,7 +347,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
                 )
         finally:
             await transport.close()
-        return TestSendResult(results=results)
+        return TestSendResult(results={address: results[address] for address in addresses})
 
     @router.post("/{issue_id}/schedule")
     def schedule(issue_id: RowId, data: ScheduleRequest) -> IssuePublic:
@@ -339,6 +414,5 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
 
 
 def _sample(sample: SampleFields, address: str | None = None) -> Recipient:
-    """A made-up recipient; its links carry a token that is no delivery's, so they lead
-    nowhere."""
+    """A made-up recipient (previews name none; a test send names the address it goes to)."""
     return Recipient(subscriber_id=0, address=address or sample.email, fields=sample.model_dump())

@@ -9,7 +9,8 @@ The tree::
     ├── TemplateRefused          an issue template breaks a sandbox or budget rule
     ├── NotCompliant             a message would lack the footer or headers the law requires
     ├── HeaderInjection          a header value carries a line break or control character
-    └── InvalidTransition        an issue cannot move from its status to the one asked for
+    ├── InvalidTransition        an issue cannot move from its status to the one asked for
+    └── TestSendLimited          a staff member or an issue has had its test sends for now
 
 Transports report per-recipient outcomes as values (``SendResult``), not exceptions, so a
 batch never fails as a whole; the exceptions are for callers that send one message and want
@@ -53,3 +54,14 @@ class HeaderInjection(MailerError):
 
 class InvalidTransition(MailerError):
     """An issue cannot go from its current status to the one asked for."""
+
+
+class TestSendLimited(MailerError):
+    """Too many test messages from one staff member or of one issue; ``retry_after``
+    seconds until this many may go."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -17,6 +17,10 @@ import struct
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 TOKEN_LENGTH = 26
+# The delivery id that test sends' tokens name. No delivery row has it (ids start at 1), so a
+# bounce to a test message's return path matches nothing, and its links open a page that
+# says the message was a test (subscriptions.access).
+TEST_DELIVERY = 0
 
 
 class DeliveryTokens:

@@ -31,11 +31,11 @@ from fastapi import Depends, HTTPException, Request, status
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from mailer.verp import TOKEN_LENGTH
+from mailer.verp import TEST_DELIVERY, TOKEN_LENGTH
 from subscriptions import staff as accounts
 from subscriptions.auth import staff_for_token
 from subscriptions.deps import READ_ONLY_METHODS, get_runtime
-from subscriptions.errors import BadToken
+from subscriptions.errors import BadToken, TestLink
 from subscriptions.i18n import N_
 from subscriptions.models import StaffRole, StaffSession, StaffUser
 from subscriptions.subscribing import UnsubscribeLink
@@ -249,6 +249,8 @@ def _check_link(request: Request, path: str) -> None:
     token = str(request.path_params.get("token", ""))
     action = LINK_ACTIONS[path.split("{", 1)[0]]
     runtime = get_runtime(request)
+    if len(token) == TOKEN_LENGTH and runtime.delivery_tokens.read(token) == TEST_DELIVERY:
+        raise TestLink(action.value)  # from a test message: the page says so, nothing happens
     if action is Action.unsubscribe:
         request.state.unsubscribe_link = runtime.optin.unsubscribe_link(token)
         return

@@ -25,10 +25,11 @@ from sqlalchemy.exc import DataError, DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from mailer.api import MarketingServices, marketing_router
+from mailer.verp import TEST_DELIVERY
 from subscriptions import schema
 from subscriptions.access import LoginRequired, authorize, current_staff, login_redirect_target
 from subscriptions.db import guard_loop, make_engine, outage_reason
-from subscriptions.errors import BadToken, StoreError
+from subscriptions.errors import BadToken, StoreError, TestLink
 from subscriptions.metrics import Metrics, MetricsMiddleware, metrics_router
 from subscriptions.routes import (
     admin,
@@ -43,10 +44,11 @@ from subscriptions.routes import (
     public,
     webhook,
 )
-from subscriptions.routes.admin_common import invalid_page
+from subscriptions.routes.admin_common import invalid_page, operator_of
 from subscriptions.runtime import build_runtime
 from subscriptions.security_headers import SecurityHeaders
 from subscriptions.settings import Settings
+from subscriptions.testsends import StoreTestSends, TestSendLimits
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,7 @@ def create_app(
     for outage in STORE_OUTAGES:
         app.add_exception_handler(outage, _store_unavailable)
     app.add_exception_handler(BadToken, public.bad_link)
+    app.add_exception_handler(TestLink, public.test_link)
     app.add_exception_handler(LoginRequired, _to_login)
     app.include_router(health.router)
     app.include_router(assets.router)
@@ -121,6 +124,15 @@ def create_app(
                 audience=runtime.audience,
                 preparer=runtime.preparer,
                 transport=runtime.transport,
+                operator=operator_of,
+                test_sends=StoreTestSends(
+                    runtime.engine,
+                    runtime.optin.hasher,
+                    TestSendLimits(
+                        settings.test_sends_per_staff_hour, settings.test_sends_per_issue_day
+                    ),
+                ),
+                test_token=runtime.delivery_tokens.make(TEST_DELIVERY),
                 on_started=runtime.nudge_worker,
             ),
         )

@@ -10,6 +10,7 @@ The tree::
     ├── InvalidInput             a value a person gave is not acceptable; names the field
     ├── RateLimited              too many requests from one client or for one address
     ├── BadToken                 a signed link or form token is forged, expired or used
+    ├── TestLink                 a link from a test message was followed: it does nothing
     └── TransferRefused          a hand-off of personal data the notice did not promise
 
 Each message names what is wrong in words an operator can act on.
@@ -57,6 +58,18 @@ class RateLimited(MailmagError):
 
 class BadToken(MailmagError):
     """A signed token is forged, expired, meant for another action, or already used."""
+
+
+class TestLink(MailmagError):
+    """A link of a test message (its token names ``mailer.verp.TEST_DELIVERY``) was
+    followed; ``action`` is what the link does in a real message. Nothing happens: a page
+    says it was a test."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, action: str) -> None:
+        super().__init__(action)
+        self.action = action
 
 
 class TransferRefused(MailmagError):

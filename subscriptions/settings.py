@@ -196,6 +196,14 @@ class Settings(BaseSettings):
     notify_interval_hours: Annotated[int, Field(ge=1)] = Field(
         default=24, description="At most one confirmation mail per address in this many hours."
     )
+    test_sends_per_staff_hour: Annotated[int, Field(ge=10)] = Field(
+        default=50,
+        description="Test messages of issues one staff member may send per hour (an address "
+        "that is skipped counts too).",
+    )
+    test_sends_per_issue_day: Annotated[int, Field(ge=10)] = Field(
+        default=100, description="Test messages of one issue, by all staff, per 24 hours."
+    )
 
     @model_validator(mode="before")
     @classmethod

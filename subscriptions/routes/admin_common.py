@@ -13,7 +13,8 @@ from typing import Any
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from subscriptions.access import StaffContext, rule_for
+from mailer.api import Operator
+from subscriptions.access import StaffContext, current_context, rule_for
 from subscriptions.audit import Actor
 from subscriptions.deps import get_runtime
 from subscriptions.models import StaffUser
@@ -93,3 +94,11 @@ def source_of(request: Request) -> str:
 
 def actor_of(user: StaffUser, request: Request) -> Actor:
     return Actor(f"staff:{user.id} {user.email}", source_of(request))
+
+
+def operator_of(request: Request) -> Operator:
+    """The staff member calling the marketing API, as its test sends record and count them
+    (a FastAPI dependency)."""
+    user = current_context(request).user
+    actor = actor_of(user, request)
+    return Operator(key=f"staff:{user.id}", name=actor.name, source=actor.source)

@@ -24,7 +24,7 @@ from subscriptions.access import unsubscribe_link
 from subscriptions.consent import Evidence
 from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep, SessionDep
-from subscriptions.errors import BadToken, InvalidInput, RateLimited
+from subscriptions.errors import BadToken, InvalidInput, RateLimited, TestLink
 from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
 from subscriptions.models import ConsentChannel, Magazine, localised
 from subscriptions.runtime import Runtime
@@ -118,6 +118,37 @@ def unavailable(request: Request) -> Response:
         _("Please try again in a minute"),
         _("We cannot take your request right now. Please try again in a minute."),
         status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
+
+
+TEST_LINK_DOES = {
+    "unsubscribe": N_("In a real message this link unsubscribes the reader at once."),
+    "preferences": N_("In a real message this link leads the reader to their preferences."),
+}
+
+
+def test_link(request: Request, error: Exception) -> Response:
+    """The page of a link from a test message (installed as the TestLink handler): it says
+    so, and nothing else happens, whether a person opened it or a mailbox provider posted
+    a one-click unsubscribe to it."""
+    assert isinstance(error, TestLink)
+    runtime: Runtime = request.app.state.runtime
+    locale = locale_of(request, request.query_params.get("lang"))
+    _ = gettext_for(locale)
+    does = TEST_LINK_DOES.get(error.action, "")
+    return message(
+        runtime,
+        request,
+        locale,
+        _("This link is from a test message"),
+        " ".join(
+            part
+            for part in (
+                _("The message was a test of an issue, sent by its editors: nothing was changed."),
+                _(does) if does else "",
+            )
+            if part
+        ),
     )
 
 
