@@ -17,6 +17,7 @@ Every change is written to the audit log.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,12 +25,20 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, text
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from mailer.clock import utcnow
 from subscriptions import audit
 from subscriptions.audit import Actor
 from subscriptions.errors import InvalidInput
-from subscriptions.models import Incident, IncidentKind, IncidentSubject, Magazine, Subscriber
+from subscriptions.models import (
+    Incident,
+    IncidentKind,
+    IncidentSubject,
+    Magazine,
+    Subscriber,
+    Subscription,
+)
 
 REPORTABLE_PEOPLE = 1000
 PRELIMINARY = timedelta(days=3)
@@ -142,19 +151,45 @@ def link_magazine(session: Session, actor: Actor, incident: Incident, slug: str)
     magazine = session.exec(select(Magazine).where(Magazine.slug == slug)).first()
     if magazine is None:
         raise InvalidInput("magazine", f"there is no magazine {slug!r}")
-    result = session.execute(
-        text(_LINK_MAGAZINE).bindparams(bindparam("incident"), bindparam("magazine")),
-        {"incident": incident.id, "magazine": magazine.id},
-    )
-    added = int(result.rowcount)  # type: ignore[attr-defined]
-    audit.record(
-        session,
-        actor,
-        "incident_linked",
-        target=f"incident:{incident.id}",
-        detail={"magazine": slug, "people": added},
-    )
+    params = {"incident": incident.id, "magazine": magazine.id}
+    with tempfile.TemporaryFile("w+", encoding="ascii") as linked:
+        # Whom the act concerns, found before they are linked, for the audit row's subjects
+        # (on disk, not in memory: a magazine's list can be long).
+        for digest in session.exec(_new_of_magazine(incident.id or 0, magazine.id or 0)):
+            linked.write(f"{digest}\n")
+        result = session.execute(
+            text(_LINK_MAGAZINE).bindparams(bindparam("incident"), bindparam("magazine")),
+            params,
+        )
+        added = int(result.rowcount)  # type: ignore[attr-defined]
+        linked.seek(0)
+        audit.record(
+            session,
+            actor,
+            "incident_linked",
+            target=f"incident:{incident.id}",
+            detail={"magazine": slug, "people": added},
+            subjects=(line.strip() for line in linked),
+            presorted=True,
+        )
     return added
+
+
+def _new_of_magazine(incident_id: int, magazine_id: int) -> SelectOfScalar[str]:
+    """The magazine's people not yet linked to the incident, as the audit log takes its
+    subjects: address digests in ascending order, streamed."""
+    linked = select(IncidentSubject.id).where(
+        IncidentSubject.incident_id == incident_id,
+        IncidentSubject.subject_digest == Subscriber.address_digest,
+    )
+    return (
+        select(Subscriber.address_digest)
+        .join(Subscription, col(Subscription.subscriber_id) == Subscriber.id)
+        .where(Subscription.magazine_id == magazine_id)
+        .where(~linked.exists())
+        .order_by(col(Subscriber.address_digest))
+        .execution_options(yield_per=5000)
+    )
 
 
 def assess(session: Session, incident: Incident) -> Assessment:

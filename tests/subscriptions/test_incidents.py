@@ -61,6 +61,12 @@ def test_a_wrongful_leak_or_many_people_must_be_reported_with_deadlines(
         )
         assert incidents.link_magazine(session, OFFICER, attack, "weekly") == 4
         assert incidents.link_magazine(session, OFFICER, attack, "weekly") == 0
+        linked = session.exec(
+            select(AuditEvent.subjects)
+            .where(AuditEvent.action == "incident_linked")
+            .order_by(col(AuditEvent.seq))
+        ).all()
+        assert linked == [4, 0]  # the audit log names the people each link concerned
         found = incidents.assess(session, attack)
         many = incidents.open_incident(
             session, OFFICER, title="Lost laptop", kind=IncidentKind.loss, discovered_at=discovered
