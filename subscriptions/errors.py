@@ -8,6 +8,7 @@ The tree::
     │   └── SchemaNotCurrent     migrations are not at head
     ├── AlreadyExists            a unique thing (staff account, magazine...) exists already
     ├── InvalidInput             a value a person gave is not acceptable; names the field
+    │   └── InvalidFields        several values of one form are not; names each field
     ├── RateLimited              too many requests from one client or for one address
     ├── BadToken                 a signed link or form token is forged, expired or used
     ├── TestLink                 a link from a test message was followed: it does nothing
@@ -46,6 +47,26 @@ class InvalidInput(MailmagError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """Every field refused, with its message (here one)."""
+        return {self.field: self.message}
+
+
+class InvalidFields(InvalidInput):
+    """Several submitted values are not acceptable: ``problems`` maps each field to its
+    message, so a form can show them all at once (``field`` and ``message`` are the first)."""
+
+    def __init__(self, problems: dict[str, str]) -> None:
+        field, message = next(iter(problems.items()))
+        super().__init__(field, message)
+        self._problems = dict(problems)
+        self.args = ("; ".join(f"{name}: {text}" for name, text in problems.items()),)
+
+    @property
+    def problems(self) -> dict[str, str]:
+        return dict(self._problems)
 
 
 class RateLimited(MailmagError):

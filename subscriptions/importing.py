@@ -58,14 +58,12 @@ from subscriptions.models import (
     SubscriptionStatus,
     Suppression,
 )
+from subscriptions.profile import PROFILE, clean_line, clean_profile
 from subscriptions.subscribing import OptIn
 from subscriptions.tokens import new_token_key
 
-PROFILE = ("name", "company", "department", "title", "phone")
 EVIDENCE = ("consented_at", "consent_method", "notice_hash")
 COLUMNS = ("email", *PROFILE, "locale", *EVIDENCE)
-LIMITS = {"name": 200, "company": 200, "department": 200, "title": 200, "phone": 40}
-PHONE = re.compile(r"^[0-9+()\- .]{0,40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 CHUNK = 2000
 
@@ -262,16 +260,7 @@ class Importer:
 
     def _row(self, line: int, values: dict[str, str], notices: set[str], has_basis: bool) -> Row:
         email = normalise_address(values.get("email", ""))
-        profile: dict[str, str | None] = {}
-        for name in PROFILE:
-            value = values.get(name) or None
-            if value is not None and len(value) > LIMITS[name]:
-                raise InvalidInput(name, f"longer than {LIMITS[name]} characters")
-            if value is not None and any(ord(c) < 32 for c in value):
-                raise InvalidInput(name, "contains control characters")
-            profile[name] = value
-        if profile["phone"] and not PHONE.match(profile["phone"] or ""):
-            raise InvalidInput("phone", "not a telephone number")
+        profile = clean_profile({name: values.get(name) for name in PROFILE})
         locale = values.get("locale") or "ja"
         if locale not in ("en", "ja"):
             raise InvalidInput("locale", "must be en or ja")
@@ -282,7 +271,7 @@ class Importer:
             raise InvalidInput(
                 "notice_hash", "no stored notice has this hash (store it with --notice-file)"
             )
-        method = (values.get("consent_method") or "")[:400]
+        method = clean_line("consent_method", (values.get("consent_method") or "")[:400], limit=400)
         if any(v for v in (when, method, notice_hash)) and not all((when, method, notice_hash)):
             raise InvalidInput("consent", "give consented_at, consent_method and notice_hash")
         if consented_at is not None and not has_basis:

@@ -17,6 +17,7 @@ opt-out hand-over). The person is told the outcome by mail.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from subscriptions import audit
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.audit import Actor
 from subscriptions.consent import Evidence
-from subscriptions.errors import BadToken, InvalidInput
+from subscriptions.errors import BadToken, InvalidFields, InvalidInput
 from subscriptions.i18n import N_
 from subscriptions.links import Links
 from subscriptions.models import (
@@ -45,6 +46,7 @@ from subscriptions.models import (
     Subscriber,
     SuppressionReason,
 )
+from subscriptions.profile import PROFILE, clean_field, clean_line, clean_message, clean_profile
 from subscriptions.self_service import SelfService
 from subscriptions.suppression import suppress_subscriber
 from subscriptions.system_mail import SystemMailer
@@ -52,7 +54,7 @@ from subscriptions.tokens import Action
 
 REMIND_BEFORE = timedelta(days=3)
 REMIND_EVERY = timedelta(days=1)
-CORRECTABLE = ("name", "company", "department", "title", "phone")
+CORRECTABLE = PROFILE
 ACTIONABLE = frozenset(
     {
         RequestKind.disclosure,
@@ -99,14 +101,26 @@ class Desk:
         locale: str = "en",
     ) -> PrivacyRequest:
         """Record a request; unless it came through the person's own signed link, mail the
-        address a link that proves the request is theirs."""
-        email = normalise_address(address)
-        correction = {k: v for k, v in (correction or {}).items() if v}
-        unknown = set(correction) - set(CORRECTABLE)
-        if unknown:
-            raise InvalidInput("correction", f"fields that cannot be corrected: {sorted(unknown)}")
-        if kind is RequestKind.correction and not correction:
-            raise InvalidInput("correction", "a correction names at least one field")
+        address a link that proves the request is theirs. ``InvalidFields`` names every
+        field of the request form that is refused (``address``, ``text``,
+        ``correction_field``, ``correction_value``) before anything is written."""
+        problems: dict[str, str] = {}
+        email = ""
+        try:
+            email = normalise_address(address)
+        except InvalidInput as exc:
+            problems["address"] = exc.message
+        try:
+            message = clean_message("text", message)
+        except InvalidInput as exc:
+            problems["text"] = exc.message
+        checked: dict[str, str] = {}
+        try:
+            checked = self.checked_correction(kind, correction or {})
+        except InvalidFields as exc:
+            problems.update(exc.problems)
+        if problems:
+            raise InvalidFields(problems)
         digest = self.hasher.digest(email)
         subscriber = session.exec(
             select(Subscriber).where(Subscriber.address_digest == digest)
@@ -121,7 +135,7 @@ class Desk:
             subscriber_id=subscriber.id if subscriber else None,
             subject_digest=digest,
             message=message,
-            correction=correction,
+            correction=checked,
             received_at=now,
             verified_at=now if verified else None,
             due_at=now + timedelta(days=self.due_days),
@@ -132,6 +146,59 @@ class Desk:
         if not verified:
             self.send_verification(session, request, locale)
         return request
+
+    @staticmethod
+    def checked_correction(kind: RequestKind, correction: dict[str, str]) -> dict[str, str]:
+        """The fields a request asks to correct, each with its right value as it would be
+        stored; ``InvalidFields`` (``correction_field``, ``correction_value``) for an item
+        that cannot be corrected, a value that may not be stored, or a correction request
+        that names no item or no value."""
+        problems: dict[str, str] = {}
+        checked: dict[str, str] = {}
+        for name, value in correction.items():
+            if name not in PROFILE:
+                problems["correction_field"] = N_("This item cannot be corrected.")
+                continue
+            try:
+                cleaned = clean_field(name, value)
+            except InvalidInput as exc:
+                problems["correction_value"] = exc.message
+                continue
+            if cleaned is not None:
+                checked[name] = cleaned
+            elif kind is RequestKind.correction:
+                problems["correction_value"] = N_("Please give the right value.")
+        if kind is RequestKind.correction and not correction:
+            problems["correction_field"] = N_("Please choose the item to correct.")
+        if problems:
+            raise InvalidFields(problems)
+        return checked
+
+    def correct(
+        self,
+        session: Session,
+        subscriber: Subscriber,
+        changes: Mapping[str, str | None],
+        *,
+        actor: Actor,
+        reason: str,
+    ) -> None:
+        """A correction made by the privacy officer (after a phone call or letter): the
+        fields are checked as every path checks them (``InvalidFields``), a value None or
+        empty clears its field, and the fields changed and the reason (not the values,
+        which would copy personal data into the log) go into the audit log."""
+        reason = clean_line("reason", reason, limit=500)
+        if len(reason) < 3:
+            raise InvalidInput("reason", N_("Please give the reason."))
+        _apply_correction(session, subscriber, changes)
+        audit.record(
+            session,
+            actor,
+            "subscriber.corrected",
+            target=f"subscriber:{subscriber.id}",
+            detail={"fields": sorted(changes), "reason": reason},
+            subjects=[subscriber.address_digest],
+        )
 
     def send_verification(self, session: Session, request: PrivacyRequest, locale: str) -> None:
         assert request.id is not None
@@ -172,6 +239,7 @@ class Desk:
             raise InvalidInput(
                 "status", f"a request that is {request.status.value} cannot be completed"
             )
+        outcome = clean_message("outcome", outcome)
         subscriber = (
             session.get(Subscriber, request.subscriber_id) if request.subscriber_id else None
         )
@@ -186,6 +254,7 @@ class Desk:
             )
         if not reason.strip():
             raise InvalidInput("outcome", "a rejection gives its reason")
+        reason = clean_message("outcome", reason)
         self._close(session, request, actor, RequestStatus.rejected, reason, "rejected")
         if request.status is RequestStatus.rejected and request.verified_at is not None:
             self._tell(session, request, None, "rejected", reason)
@@ -200,10 +269,9 @@ class Desk:
             return "no data held"
         evidence = Evidence(ConsentChannel.staff)
         if kind is RequestKind.correction:
-            for field, value in request.correction.items():
-                setattr(subscriber, field, value[:200])
-            subscriber.updated_at = utcnow()
-            session.add(subscriber)
+            # Checked again: a request stored before the checks were what they are now may
+            # hold a value that must not reach the profile (refused: InvalidFields).
+            _apply_correction(session, subscriber, request.correction)
             return "corrected: " + ", ".join(sorted(request.correction))
         if kind is RequestKind.cessation:
             suppress_subscriber(
@@ -336,3 +404,12 @@ class Desk:
             request.reminded_at = now
             session.add(request)
         return len(due)
+
+
+def _apply_correction(
+    session: Session, subscriber: Subscriber, changes: Mapping[str, str | None]
+) -> None:
+    for name, value in clean_profile(changes).items():
+        setattr(subscriber, name, value)
+    subscriber.updated_at = utcnow()
+    session.add(subscriber)

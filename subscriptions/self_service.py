@@ -34,10 +34,10 @@ from subscriptions.models import (
     SystemMail,
     localised,
 )
+from subscriptions.profile import PROFILE, clean_profile
 from subscriptions.suppression import suppress
 from subscriptions.transfers import transfers_of
 
-PROFILE = ("name", "company", "department", "title", "phone")
 LIVE_CONSENT = (ConsentAction.granted, ConsentAction.confirmed)
 
 
@@ -105,7 +105,10 @@ class SelfService:
         foreign_countries: list[str],
         evidence: Evidence,
     ) -> None:
-        """Apply the preferences form: each change is its own consent event."""
+        """Apply the preferences form: each change is its own consent event. The profile is
+        checked first (``InvalidFields`` naming every field that may not be stored, before
+        anything is written)."""
+        profile = clean_profile({field: profile.get(field) for field in PROFILE})
         current = self.lifecycle.subscriptions(session, subscriber)
         for magazine in session.exec(select(Magazine).where(Magazine.active)).all():
             existing = current.get(magazine.id or 0)
@@ -135,8 +138,7 @@ class SelfService:
         elif live_countries:
             self.lifecycle.withdraw(session, subscriber, ConsentPurpose.foreign_transfer, evidence)
         changed = False
-        for field in PROFILE:
-            value = profile.get(field) or None
+        for field, value in profile.items():
             if getattr(subscriber, field) != value:
                 setattr(subscriber, field, value)
                 changed = True

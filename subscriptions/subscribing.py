@@ -13,14 +13,13 @@ subscribed, here is your preferences link"), at most one per ``notify_interval_h
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import bindparam, delete, true
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
@@ -55,26 +54,10 @@ from subscriptions.models import (
 )
 from subscriptions.notice import NoticeBook, record_notice
 from subscriptions.parties import Person
+from subscriptions.profile import PROFILE, Phone, ProfileText
 from subscriptions.registry import Registry
 from subscriptions.system_mail import OutgoingMail, SystemMailer
 from subscriptions.tokens import Action, new_token_key
-
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
-
-
-def _printable(value: str) -> str:
-    """No control characters and no lone surrogates (which no database or mail can store)."""
-    if _UNPRINTABLE.search(value):
-        raise ValueError("contains control characters")
-    return value
-
-
-ProfileText = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=200), AfterValidator(_printable)
-]
-Phone = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=40), AfterValidator(_printable)
-]
 
 
 class SignUpRequest(BaseModel):
@@ -94,9 +77,6 @@ class SignUpRequest(BaseModel):
     foreign_transfer: bool = False
     notice_hash: str = Field(max_length=64)
     form_token: str = Field(max_length=512)
-
-
-PROFILE = ("name", "company", "department", "title", "phone")
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,9 @@ from subscriptions.routes.admin_common import actor_of, render
 from subscriptions.transfers import transfers_of
 
 router = APIRouter(prefix="/admin", tags=["admin: privacy"])
-Reason = Annotated[str, Form(min_length=3, max_length=500)]
+# Bounds on what is read; the checks with their messages are the desk's (a value refused
+# comes back on the page with what was typed).
+Reason = Annotated[str, Form(max_length=2000)]
 Correctable = Literal["name", "company", "department", "title", "phone"]
 
 
@@ -86,6 +88,7 @@ def _person_page(
     subscriber_id: RowId,
     error: str = "",
     code: int = 200,
+    typed: dict[str, str] | None = None,
 ) -> Response:
     with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
         person = session.get(Subscriber, subscriber_id)
@@ -117,6 +120,7 @@ def _person_page(
             "requests": requests,
             "fields": CORRECTABLE,
             "error": error,
+            "typed": typed or {},
         }
         audit.record(
             session,
@@ -144,27 +148,22 @@ def correct(
     subscriber_id: RowId,
     field: Annotated[Correctable, Form()],
     reason: Reason,
-    value: Annotated[str, Form(max_length=200)] = "",
+    value: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
-    """Correct one profile field, with the reason on record."""
-    if field not in CORRECTABLE:
-        return _person_page(
-            request, runtime, staff, subscriber_id, "That field cannot be corrected.", 422
-        )
+    """Correct one profile field, with the reason on record; a value that may not be
+    stored comes back on the page with what was typed and the reason it was refused."""
     with Session(for_writing(runtime.engine)) as session:
         person = session.get(Subscriber, subscriber_id)
         if person is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such subscriber")
-        setattr(person, field, value.strip() or None)
-        session.add(person)
-        audit.record(
-            session,
-            actor_of(staff.user, request),
-            "subscriber.corrected",
-            target=f"subscriber:{person.id}",
-            detail={"field": field, "reason": reason},
-            subjects=[person.address_digest],
-        )
+        try:
+            runtime.desk.correct(
+                session, person, {field: value}, actor=actor_of(staff.user, request), reason=reason
+            )
+        except InvalidInput as exc:
+            session.rollback()
+            typed = {"field": field, "value": value, "reason": reason}
+            return _person_page(request, runtime, staff, subscriber_id, str(exc), 422, typed)
         session.commit()
     return RedirectResponse(f"/admin/subscribers/{subscriber_id}", status_code=303)
 
@@ -173,7 +172,12 @@ def correct(
 
 
 def _requests_page(
-    request: Request, runtime: RuntimeDep, staff: CurrentContext, error: str = "", code: int = 200
+    request: Request,
+    runtime: RuntimeDep,
+    staff: CurrentContext,
+    error: str = "",
+    code: int = 200,
+    typed: dict[str, str] | None = None,
 ) -> Response:
     with Session(runtime.engine) as session:
         rows = session.exec(
@@ -191,6 +195,7 @@ def _requests_page(
             "fields": CORRECTABLE,
             "error": error,
             "now": utcnow(),
+            "typed": typed or {},
         },
         staff=staff,
         status_code=code,
@@ -210,9 +215,9 @@ def enter_request(
     kind: Annotated[RequestKind, Form()],
     channel: Annotated[RequestChannel, Form()],
     address: Annotated[str, Form(max_length=320)],
-    message: Annotated[str, Form(max_length=5000)] = "",
+    message: Annotated[str, Form(max_length=20000)] = "",
     correction_field: Annotated[str, Form(max_length=20)] = "",
-    correction_value: Annotated[str, Form(max_length=200)] = "",
+    correction_value: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
     """A request taken by phone, letter or mail; the address gets a link to confirm it."""
     if channel is RequestChannel.preferences:
@@ -230,7 +235,15 @@ def enter_request(
                 entered_by=actor_of(staff.user, request).name,
             )
         except InvalidInput as exc:
-            return _requests_page(request, runtime, staff, str(exc), 422)
+            typed = {
+                "kind": kind.value,
+                "channel": channel.value,
+                "address": address,
+                "message": message,
+                "correction_field": correction_field,
+                "correction_value": correction_value,
+            }
+            return _requests_page(request, runtime, staff, str(exc), 422, typed)
         audit.record(
             session,
             actor_of(staff.user, request),

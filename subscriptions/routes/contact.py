@@ -24,7 +24,15 @@ from subscriptions.errors import BadToken, InvalidInput
 from subscriptions.i18n import N_, gettext_for
 from subscriptions.models import RequestChannel, RequestKind
 from subscriptions.privacy_requests import CORRECTABLE
-from subscriptions.routes.public import Lang, Token, client_of, locale_of, message, page
+from subscriptions.routes.public import (
+    Lang,
+    Token,
+    client_of,
+    locale_of,
+    message,
+    page,
+    preferences_form,
+)
 from subscriptions.runtime import Runtime
 from subscriptions.tokens import Action
 
@@ -32,20 +40,36 @@ router = APIRouter(tags=["contact point"])
 
 
 Kind = Annotated[RequestKind, Form()]
-Message = Annotated[str, Form(max_length=5000)]
+# Bounds on what is read; the desk's checks say what is wrong with a value, next to its field,
+# with what was typed kept.
+Message = Annotated[str, Form(max_length=20000)]
 Field = Annotated[str, Form(max_length=20)]
-Value = Annotated[str, Form(max_length=200)]
+Value = Annotated[str, Form(max_length=2000)]
 
 
 def _contact_form(
-    runtime: Runtime, request: Request, locale: str, error: str = "", code: int = 200
+    runtime: Runtime,
+    request: Request,
+    locale: str,
+    error: str = "",
+    code: int = 200,
+    *,
+    values: dict[str, str] | None = None,
+    errors: dict[str, str] | None = None,
 ) -> Response:
     return page(
         runtime,
         request,
         "pages/contact.html",
         locale,
-        {"kinds": list(RequestKind), "fields": CORRECTABLE, "error": error},
+        {
+            "kinds": list(RequestKind),
+            "fields": CORRECTABLE,
+            "labels": runtime.registry.field_labels,
+            "error": error,
+            "values": values or {},
+            "errors": errors or {},
+        },
         code,
     )
 
@@ -86,7 +110,15 @@ def contact_submit(
                 locale=locale,
             )
         except InvalidInput as exc:
-            return _contact_form(runtime, request, locale, _(exc.message), 422)
+            typed = {
+                "kind": kind.value,
+                "address": address,
+                "text": text,
+                "correction_field": correction_field,
+                "correction_value": correction_value,
+            }
+            errors = {field: _(problem) for field, problem in exc.problems.items()}
+            return _contact_form(runtime, request, locale, code=422, values=typed, errors=errors)
         session.commit()
     runtime.wake_outbox()
     return message(
@@ -127,8 +159,16 @@ def preferences_request(
             locale=locale,
         )
     except InvalidInput as exc:
-        title = _("Please check your entries")
-        return message(runtime, request, locale, title, _(exc.message), 422)
+        session.rollback()
+        typed = {
+            "kind": kind.value,
+            "text": text,
+            "correction_field": correction_field,
+            "correction_value": correction_value,
+        }
+        return preferences_form(
+            runtime, request, session, subscriber, token, locale, refused=exc, request_values=typed
+        )
     session.commit()
     return message(
         runtime,

@@ -26,9 +26,10 @@ from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep, SessionDep
 from subscriptions.errors import BadToken, InvalidInput, RateLimited, TestLink
 from subscriptions.i18n import CONSENT_LABELS, N_, gettext_for, pick_locale
-from subscriptions.models import ConsentChannel, Magazine, localised
+from subscriptions.models import ConsentChannel, Magazine, Subscriber, localised
+from subscriptions.profile import PROFILE
 from subscriptions.runtime import Runtime
-from subscriptions.subscribing import PROFILE, Client, SignUpRequest
+from subscriptions.subscribing import Client, SignUpRequest
 from subscriptions.tokens import Action
 
 router = APIRouter(tags=["subscriber pages"])
@@ -258,7 +259,7 @@ def _subscribe_submit(
     try:
         signup = SignUpRequest.model_validate(raw)
     except ValidationError as exc:
-        errors = _validation_errors(exc) | errors
+        errors = {k: _(v) for k, v in _validation_errors(exc).items()} | errors
     if errors:
         return _form(runtime, request, locale, values=keep, errors=errors, status_code=422)
     try:
@@ -443,6 +444,30 @@ def preferences_page(
 ) -> Response:
     locale = locale_of(request, lang)
     subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
+    return preferences_form(runtime, request, session, subscriber, token, locale, saved=saved)
+
+
+def preferences_form(
+    runtime: Runtime,
+    request: Request,
+    session: Session,
+    subscriber: Subscriber,
+    token: str,
+    locale: str,
+    *,
+    saved: bool = False,
+    refused: InvalidInput | None = None,
+    values: dict[str, Any] | None = None,
+    request_values: dict[str, str] | None = None,
+) -> Response:
+    """The preferences page; after a ``refused`` submission (a 422), with what was typed in
+    the preferences form (``values``) or the request form (``request_values``) and the
+    message of each field refused next to it (the request form's prefixed ``request_``)."""
+    errors: dict[str, str] = {}
+    if refused is not None:
+        _ = gettext_for(locale)
+        prefix = "request_" if request_values is not None else ""
+        errors = {prefix + field: _(text) for field, text in refused.problems.items()}
     view = runtime.self_service.view(session, subscriber, locale)
     return page(
         runtime,
@@ -457,7 +482,11 @@ def preferences_page(
             "profile_fields": PROFILE,
             "countries": runtime.registry.foreign_countries,
             "notice": runtime.optin.notices.current(locale),
+            "values": values,
+            "request_values": request_values or {},
+            "errors": errors,
         },
+        422 if refused is not None else 200,
     )
 
 
@@ -475,37 +504,38 @@ def _preferences_submit(
     token: str, request: Request, runtime: Runtime, form: FormData, lang: str | None
 ) -> Response:
     locale = locale_of(request, lang)
-    profile: dict[str, str | None] = {}
-    for field in PROFILE:
-        value = str(form.get(field, "")).strip()
-        limit = 40 if field == "phone" else 200
-        if len(value) > limit:
-            _ = gettext_for(locale)
-            return message(
-                runtime,
-                request,
-                locale,
-                _("Please check your entries"),
-                _("A field is too long."),
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-            )
-        profile[field] = value or None
+    profile: dict[str, str | None] = {field: str(form.get(field, "")) for field in PROFILE}
+    magazines = {str(v) for v in form.getlist("magazines")}
+    joint_use = form.get("joint_use") == "yes"
+    foreign_transfer = form.get("foreign_transfer") == "yes"
     client = client_of(request)
     notice = runtime.optin.notices.current(locale)
     with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
         subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
-        runtime.self_service.update(
-            session,
-            subscriber,
-            magazines={str(v) for v in form.getlist("magazines")},
-            profile=profile,
-            joint_use=form.get("joint_use") == "yes",
-            foreign_transfer=form.get("foreign_transfer") == "yes",
-            foreign_countries=[c.code for c in runtime.registry.foreign_countries],
-            evidence=Evidence(
-                ConsentChannel.link, client.ip, client.user_agent, notice.content_hash
-            ),
-        )
+        try:
+            runtime.self_service.update(
+                session,
+                subscriber,
+                magazines=magazines,
+                profile=profile,
+                joint_use=joint_use,
+                foreign_transfer=foreign_transfer,
+                foreign_countries=[c.code for c in runtime.registry.foreign_countries],
+                evidence=Evidence(
+                    ConsentChannel.link, client.ip, client.user_agent, notice.content_hash
+                ),
+            )
+        except InvalidInput as exc:
+            session.rollback()
+            typed = {
+                **profile,
+                "magazines": sorted(magazines),
+                "joint_use": joint_use,
+                "foreign_transfer": foreign_transfer,
+            }
+            return preferences_form(
+                runtime, request, session, subscriber, token, locale, refused=exc, values=typed
+            )
     return RedirectResponse(
         f"/preferences/{token}?lang={locale}&saved=1", status_code=status.HTTP_303_SEE_OTHER
     )
