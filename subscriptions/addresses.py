@@ -1,9 +1,12 @@
 """E-mail addresses: validation, normalisation and the keyed digest kept after erasure.
 
 Addresses are validated and normalised with email-validator (internationalised addresses
-accepted, domain lower-cased, no DNS look-up at sign-up). The digest is an HMAC-SHA256 of the
-whole address lower-cased, under a key derived from the secret key, so the suppression list
-and the erased consent rows can recognise an address without storing it.
+accepted, domain lower-cased, no DNS look-up at sign-up); the local part keeps the case the
+person typed, and mail goes to that spelling. The digest is an HMAC-SHA256 of the whole
+normalised address lower-cased, under a key derived from the secret key: it names the
+mailbox whatever the case, so it is the key people are matched on (one subscriber per
+mailbox), and the suppression list and the erased consent rows recognise an address by it
+without storing it.
 """
 
 from __future__ import annotations
@@ -57,11 +60,27 @@ def normalise_address(raw: str) -> str:
     return str(result.normalized)
 
 
+def mailbox_key(address: str) -> str:
+    """What names the mailbox of ``address``: its normalised form lower-cased, so that
+    ``ALICE@Example.COM``, ``alice@example.com`` and ``Alice@EXAMPLE.com`` are one mailbox.
+    (RFC 5321 lets a server tell the cases of a local part apart; no provider does, and a
+    person who types their address in capitals means the same mailbox.) An address that is
+    not valid is lower-cased as given: a stored one from before a rule changed still finds
+    its digest."""
+    try:
+        normalised = normalise_address(address)
+    except InvalidInput:
+        normalised = address.strip()
+    return normalised.lower()
+
+
 class AddressHasher:
-    """Keyed digests of addresses; the same secret key always gives the same digest."""
+    """Keyed digests of addresses' mailboxes (``mailbox_key``): the same secret key always
+    gives the same digest, whatever the case or form the address is written in."""
 
     def __init__(self, secret: bytes) -> None:
         self._key = hmac.new(secret, b"mailmag/address-digest/v1", hashlib.sha256).digest()
 
     def digest(self, address: str) -> str:
-        return hmac.new(self._key, address.lower().encode("utf-8"), hashlib.sha256).hexdigest()
+        key = mailbox_key(address).encode("utf-8")
+        return hmac.new(self._key, key, hashlib.sha256).hexdigest()

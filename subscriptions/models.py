@@ -36,7 +36,11 @@ from subscriptions.tokens import new_token_key
 
 
 class SubscriberBase(SQLModel):
-    email: str = Field(max_length=320, description="Normalised address (domain lower-cased).")
+    email: str = Field(
+        max_length=320,
+        description="Normalised address (domain lower-cased), spelled as the person first gave "
+        "it: mail goes to this spelling.",
+    )
     name: str | None = Field(default=None, max_length=200)
     company: str | None = Field(default=None, max_length=200)
     department: str | None = Field(default=None, max_length=200)
@@ -51,7 +55,11 @@ class Subscriber(SubscriberBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(max_length=320, unique=True)
     address_digest: str = Field(
-        max_length=64, index=True, description="Keyed hash of the address (suppression joins)."
+        max_length=64,
+        index=True,
+        unique=True,
+        description="Keyed hash of the address lower-cased: the mailbox, whatever the case of "
+        "its spelling (one subscriber per mailbox; sign-up, import and suppression match on it).",
     )
     token_key: str = Field(
         default_factory=new_token_key,

@@ -113,8 +113,10 @@ class Unsubscribing:
 
 
 _PEOPLE = table_of(Subscriber)
-_KNOWN = core_select(_PEOPLE.c.email).where(
-    _PEOPLE.c.email.in_(bindparam("emails", expanding=True))
+# People are matched by the digest of their address, which names the mailbox whatever the
+# case of its spelling (``ALICE@`` is the known ``alice@``), through its unique index.
+_KNOWN = core_select(_PEOPLE.c.address_digest).where(
+    _PEOPLE.c.address_digest.in_(bindparam("digests", expanding=True))
 )
 _DELIVERY = table_of(Delivery)
 _ISSUE = table_of(Issue)
@@ -154,9 +156,11 @@ _NOTICES_ON_FILE = core_select(_NOTICES.c.content_hash).where(
 @dataclass(frozen=True, slots=True)
 class CheckedSignUp:
     """A sign-up that passed every check that writes nothing: what ``record_sign_up`` stores,
-    with the link key a new person gets and their confirmation mail, already rendered."""
+    with the digest of its address, the link key a new person gets and their confirmation
+    mail, already rendered."""
 
     email: str
+    digest: str
     request: SignUpRequest
     nonce: str
     evidence: Evidence
@@ -269,6 +273,7 @@ class OptIn:
         token_key = new_token_key()
         return CheckedSignUp(
             email=email,
+            digest=self.hasher.digest(email),
             request=request,
             nonce=nonce,
             evidence=Evidence(channel, client.ip, client.user_agent, notice.content_hash),
@@ -387,20 +392,19 @@ class OptIn:
             for n in asked
             if not (batch[n].request.joint_use or batch[n].request.foreign_transfer)
         ]
-        emails = sorted({batch[n].email for n in simple})
-        known = set(conn.execute(_KNOWN, {"emails": emails}).scalars()) if emails else set()
+        digests = sorted({batch[n].digest for n in simple})
+        known = set(conn.execute(_KNOWN, {"digests": digests}).scalars()) if digests else set()
         first: dict[str, int] = {}
         for n in simple:
-            if batch[n].email not in known:
-                first.setdefault(batch[n].email, n)
+            if batch[n].digest not in known:
+                first.setdefault(batch[n].digest, n)
         if not first:
             return set()
         now = utcnow()
-        digests = {n: self.hasher.digest(batch[n].email) for n in first.values()}
         people = [
             {
                 "email": batch[n].email,
-                "address_digest": digests[n],
+                "address_digest": batch[n].digest,
                 "token_key": batch[n].token_key,
                 "locale": batch[n].request.locale,
                 "notified_at": now,
@@ -410,14 +414,16 @@ class OptIn:
             }
             for n in first.values()
         ]
-        fresh = insert_new(Subscriber, conn.dialect.name).returning(_PEOPLE.c.id, _PEOPLE.c.email)
-        ids = {email: int(person_id) for person_id, email in conn.execute(fresh, people)}
-        new = [n for n in first.values() if batch[n].email in ids]
+        fresh = insert_new(Subscriber, conn.dialect.name).returning(
+            _PEOPLE.c.id, _PEOPLE.c.address_digest
+        )
+        ids = {digest: int(person_id) for person_id, digest in conn.execute(fresh, people)}
+        new = [n for n in first.values() if batch[n].digest in ids]
         self.lifecycle.request_new(
             conn,
             [
                 Change(
-                    Person(ids[batch[n].email], batch[n].email, digests[n]),
+                    Person(ids[batch[n].digest], batch[n].email, batch[n].digest),
                     asked[n],
                     batch[n].evidence,
                 )
@@ -434,7 +440,7 @@ class OptIn:
         """Any sign-up but a new address asking for magazines only, through the ORM."""
         request, evidence = checked.request, checked.evidence
         with Session(bind=conn, expire_on_commit=False) as session:
-            subscriber = self._subscriber(session, checked.email, request)
+            subscriber = self._subscriber(session, checked, request)
             rows = session.exec(select(Magazine).where(col(Magazine.id).in_(magazines)))
             by_id = {m.id: m for m in rows}
             asked = [
@@ -446,12 +452,18 @@ class OptIn:
             self._notify(session, subscriber, needs_confirmation=bool(asked or asked_consents))
             session.commit()
 
-    def _subscriber(self, session: Session, email: str, request: SignUpRequest) -> Subscriber:
-        subscriber = session.exec(select(Subscriber).where(Subscriber.email == email)).first()
+    def _subscriber(
+        self, session: Session, checked: CheckedSignUp, request: SignUpRequest
+    ) -> Subscriber:
+        """The person the address names, whatever the case it is spelled in now (their
+        spelling stays as they first gave it), or a new person."""
+        subscriber = session.exec(
+            select(Subscriber).where(Subscriber.address_digest == checked.digest)
+        ).first()
         profile = {field: getattr(request, field) or None for field in PROFILE}
         if subscriber is None:
             subscriber = Subscriber(
-                email=email, address_digest=self.hasher.digest(email), locale=request.locale
+                email=checked.email, address_digest=checked.digest, locale=request.locale
             )
             for field, value in profile.items():
                 setattr(subscriber, field, value)
@@ -459,7 +471,7 @@ class OptIn:
                 with session.begin_nested():
                     session.add(subscriber)
             except IntegrityError:  # the same address signed up a moment ago
-                return self._subscriber(session, email, request)
+                return self._subscriber(session, checked, request)
             return subscriber
         if not self._has_confirmed(session, subscriber):
             # Only an unconfirmed record may be rewritten by an anonymous form; a confirmed

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
@@ -59,7 +60,8 @@ def subscribers(
             found = list(
                 session.exec(
                     select(Subscriber)
-                    .where(col(Subscriber.email).like(f"%{escaped}%", escape="\\"))
+                    # lower(): the query is lower-cased, and addresses keep the case typed
+                    .where(func.lower(col(Subscriber.email)).like(f"%{escaped}%", escape="\\"))
                     .order_by(col(Subscriber.email))
                     .limit(50)
                 ).all()
