@@ -39,12 +39,66 @@ def _known_domain(domain: str) -> str | None:
     return str(result.domain)
 
 
+# Japanese mobile carriers that long let their customers choose addresses breaking RFC 5322's
+# dot-atom (a leading or trailing dot, two dots in a row: ``taro..yamada.@docomo.ne.jp``).
+# Those addresses are still in use, and the carriers' servers accept them in the quoted form
+# RFC 5321 gives them (``"taro..yamada."@docomo.ne.jp``), which every MTA sends. A subdomain
+# of one of these counts as it (older au and Willcom addresses had one).
+CARRIER_DOMAINS = frozenset(
+    {
+        "docomo.ne.jp",  # NTT docomo
+        "ezweb.ne.jp",  # au (KDDI), the legacy domain
+        "au.com",  # au (KDDI): ezweb.ne.jp addresses moved here keeping their local part
+        "softbank.ne.jp",  # SoftBank
+        "i.softbank.jp",  # SoftBank's iPhone mail, which took over old local parts
+        "disney.ne.jp",  # Disney Mobile on SoftBank
+        "vodafone.ne.jp",  # SoftBank's predecessor (d./h./t./c./k./r./n./s./q. subdomains)
+        "pdx.ne.jp",  # Willcom (di./dj./dk./wm. subdomains)
+        "willcom.com",  # Willcom
+        "wcm.ne.jp",  # Willcom
+        "ymobile.ne.jp",  # Y!mobile, which took Willcom and EMOBILE over
+        "y-mobile.ne.jp",  # Y!mobile
+        "emnet.ne.jp",  # EMOBILE
+    }
+)
+# The local part of a legacy carrier address: dot-atom characters, dots anywhere (quoted or
+# not as typed); nothing that would need escaping inside the quotes.
+_CARRIER_LOCAL = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}")
+
+
+def is_carrier_domain(domain: str) -> bool:
+    """Whether ``domain`` is one of ``CARRIER_DOMAINS`` or under one."""
+    name = domain.lower().rstrip(".")
+    return any(name == d or name.endswith("." + d) for d in CARRIER_DOMAINS)
+
+
+def _carrier_address(local: str, domain: str) -> str | None:
+    """The quoted form of a legacy carrier address that breaks the dot-atom only by its
+    dots (quoted as typed or not; needless quotes are dropped), or None if ``local@domain``
+    is not one."""
+    inner = local[1:-1] if len(local) >= 2 and local[0] == local[-1] == '"' else local
+    if not _CARRIER_LOCAL.fullmatch(inner) or not inner.strip("."):
+        return None
+    if not is_carrier_domain(domain):
+        return None
+    try:
+        result = validate_email(
+            f'"{inner}"@{domain}', check_deliverability=False, allow_quoted_local=True
+        )
+    except EmailNotValidError:
+        return None
+    return str(result.normalized)
+
+
 def normalise_address(raw: str) -> str:
     """The normalised form of ``raw``, or ``InvalidInput`` saying what is wrong with it.
 
     Every address goes through email-validator, but the common case (a plain ASCII local part
     at a domain seen before) takes a shortcut that gives the same result: an import of a
-    million rows spends its time storing them, not re-checking the same few domains."""
+    million rows spends its time storing them, not re-checking the same few domains. A
+    legacy address at a Japanese carrier (``CARRIER_DOMAINS``) whose local part breaks the
+    dot-atom by its dots alone is accepted in its quoted form, which is what is stored, shown
+    and sent (RCPT TO and To:); quoting is refused for any other address, as it always was."""
     candidate = raw.strip()
     if not candidate or len(candidate) > MAX_ADDRESS_LENGTH:
         raise InvalidInput("email", N_("Enter an e-mail address."))
@@ -56,6 +110,9 @@ def normalise_address(raw: str) -> str:
     try:
         result = validate_email(candidate, check_deliverability=False, allow_smtputf8=True)
     except EmailNotValidError:
+        carrier = _carrier_address(local, domain) if at else None
+        if carrier is not None:
+            return carrier
         raise InvalidInput("email", N_("This is not a valid e-mail address.")) from None
     return str(result.normalized)
 
