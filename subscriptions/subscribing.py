@@ -35,7 +35,7 @@ from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.commits import one
 from subscriptions.consent import Evidence
 from subscriptions.db import insert_new, table_of
-from subscriptions.errors import BadToken, InvalidInput, RateLimited
+from subscriptions.errors import BadToken, InvalidFields, InvalidInput, RateLimited
 from subscriptions.i18n import N_
 from subscriptions.lifecycle import Change, Lifecycle
 from subscriptions.links import Links, Named
@@ -241,9 +241,11 @@ class OptIn:
     ) -> CheckedSignUp:
         """Every check of a sign-up that needs no database, and the work that needs no write
         turn (the confirmation mail a new address will get is rendered here); raises
-        ``InvalidInput``, ``BadToken`` or ``RateLimited``."""
-        for field, message in self.input_errors(request.model_dump()).items():
-            raise InvalidInput(field, message)
+        ``InvalidInput`` (``InvalidFields`` naming every field ``input_errors`` refuses),
+        ``BadToken`` or ``RateLimited``."""
+        errors = self.input_errors(request.model_dump())
+        if errors:
+            raise InvalidFields(errors)
         email = normalise_address(request.email)
         if not self.notices.is_current(request.notice_hash):
             raise InvalidInput(

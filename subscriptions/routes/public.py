@@ -271,7 +271,7 @@ def _subscribe_submit(
             request,
             locale,
             values=keep,
-            errors={exc.field: _(exc.message)},
+            errors={field: _(text) for field, text in exc.problems.items()},
             status_code=422,
         )
     except BadToken as exc:

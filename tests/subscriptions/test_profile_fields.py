@@ -7,6 +7,7 @@ comes back with what was typed."""
 from __future__ import annotations
 
 import html
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel, select
 
+from subscriptions.app import create_app
 from subscriptions.db import for_writing
 from subscriptions.errors import InvalidFields, InvalidInput
 from subscriptions.importing import Importer
@@ -29,7 +31,9 @@ from subscriptions.models import (
     Subscriber,
 )
 from subscriptions.profile import clean_field, clean_message, clean_profile
+from subscriptions.registry import EXAMPLE_REGISTRY
 from subscriptions.runtime import Runtime
+from subscriptions.settings import Settings
 from subscriptions.tokens import Action
 from tests.mailer.test_sending import seed
 from tests.subscriptions.test_privacy_requests import OFFICER
@@ -204,6 +208,60 @@ def test_a_sign_up_stores_the_name_stripped_and_the_phone_folded(
     with Session(engine) as session:
         person = session.exec(select(Subscriber)).one()
     assert (person.name, person.phone) == ("山田　花子", "03-1")
+
+
+def test_an_empty_sign_up_names_every_field_at_once(client: TestClient) -> None:
+    data = sign_up_form(client, "ja", email="")
+    data.pop("magazines")
+    answer = client.post("/subscribe?lang=ja", data=data)
+    assert answer.status_code == 422
+    for message in (
+        "メールアドレスを入力してください。",
+        "メールマガジンを1つ以上選択してください。",
+    ):
+        assert message in answer.text
+
+
+@pytest.fixture
+def name_required(settings: Settings, engine: Engine, tmp_path: Path) -> Iterator[TestClient]:
+    """The app with a registry that makes the name a required field of the sign-up form."""
+    text = EXAMPLE_REGISTRY.read_text(encoding="utf-8")
+    assert 'required = ["email"]' in text
+    registry = tmp_path / "registry.toml"
+    registry.write_text(text.replace('required = ["email"]', 'required = ["email", "name"]'))
+    app = create_app(settings.model_copy(update={"registry_file": registry}), engine=engine)
+    with TestClient(app) as client:
+        yield client
+
+
+def test_a_field_the_registry_requires_must_be_given_on_every_sign_up_path(
+    name_required: TestClient, engine: Engine
+) -> None:
+    client = name_required
+    answer = client.post(
+        "/subscribe?lang=ja", data=sign_up_form(client, "ja", email="bob@example.org", name=" ")
+    )
+    assert answer.status_code == 422
+    assert "この項目は必須です。" in answer.text
+    form = client.get("/api/v1/subscribe/form").json()
+    assert form["required_fields"] == ["email", "name"]
+    refused = client.post(
+        "/api/v1/subscribe",
+        json={
+            "email": "bob@example.org",
+            "magazines": ["weekly"],
+            "notice_hash": form["notice_hash"],
+            "form_token": form["form_token"],
+        },
+    )
+    assert refused.status_code == 422
+    assert refused.json()["field"] == "name"
+    assert not rows_of(engine, Subscriber)
+    given = client.post(
+        "/subscribe", data=sign_up_form(client, email="bob@example.org", name="Bob")
+    )
+    assert given.status_code == 200
+    assert [p.name for p in rows_of(engine, Subscriber)] == ["Bob"]
 
 
 # --- preferences ------------------------------------------------------------------------------
