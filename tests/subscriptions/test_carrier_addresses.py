@@ -16,6 +16,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -102,6 +104,23 @@ def test_legacy_carrier_addresses_are_stored_quoted(typed: str, stored: str) -> 
 def test_other_addresses_breaking_the_dot_atom_are_refused(typed: str) -> None:
     with pytest.raises(InvalidInput):
         normalise_address(typed)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    local=st.text(alphabet=st.sampled_from('abcXYZ09._-+". '), min_size=1, max_size=70),
+    domain=st.sampled_from(["docomo.ne.jp", "EZWEB.ne.jp", "au.com", "example.com"]),
+)
+def test_a_normalised_address_normalises_to_itself(local: str, domain: str) -> None:
+    """What is stored is found again: normalising the stored form changes nothing, so its
+    digest is the digest of what the person typed."""
+    try:
+        stored = normalise_address(f"{local}@{domain}")
+    except InvalidInput:
+        return
+    assert normalise_address(stored) == stored
+    hasher = AddressHasher(b"k" * 32)
+    assert hasher.digest(stored) == hasher.digest(f"{local}@{domain}")
 
 
 def test_the_list_names_the_carriers_domains() -> None:
