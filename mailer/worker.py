@@ -53,13 +53,13 @@ from sqlmodel import Session, select
 
 from mailer import issues, queue
 from mailer.audience import Audience, IssueAudience, Recipient
-from mailer.clock import utcnow
 from mailer.compose import PreparedIssue
 from mailer.errors import MailerError
 from mailer.feedback import Feedback, FeedbackKind, FeedbackSink
 from mailer.messages import Composed, compose_each, pause_reason
 from mailer.models import DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Claim, Result
+from mailer.retry import RetryPolicy
 from mailer.throttle import Throttle
 from mailer.transactions import for_writing
 from mailer.transport import Envelope, Outcome, Transport
@@ -83,7 +83,7 @@ class WorkerConfig:
     batch: int = 500  # claimed at a time: a claim, the feed and the recipients are read per batch
     lease: timedelta = timedelta(minutes=5)
     per_second: float | None = None
-    retry_deadline: timedelta = timedelta(days=3)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)  # the pull API uses it too
     # Outcomes held unrecorded at most (besides those under way); stores start at half of it.
     # Stores of 50 or more: on SQLite each commit costs about 2 ms of CPU beside its rows.
     flush_every: int = 100
@@ -94,7 +94,6 @@ class WorkerConfig:
     feed_ttl: float = 0.5
     idle_seconds: float = 1.0
     store_retry: float = 0.5  # seconds before storing again after a failure, doubling
-    first_retry: timedelta = timedelta(minutes=1)  # doubles each attempt, to 60 times this
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
 
     @property
@@ -109,12 +108,6 @@ _BAD_MAILBOX = re.compile(r"\b5\.1\.\d{1,3}\b")
 def is_bad_mailbox(code: int | None, reply: str) -> bool:
     """A permanent refusal of the address itself (RFC 3463 5.1.x), not of the content."""
     return code is not None and 500 <= code < 600 and bool(_BAD_MAILBOX.search(reply))
-
-
-def backoff(attempts: int, first: timedelta = timedelta(minutes=1)) -> timedelta:
-    """1, 2, 4... minutes (``first`` doubling), at most an hour (60 ``first``) between tries."""
-    factor: int = min(2 ** max(attempts, 0), 60)
-    return first * factor
 
 
 def describe(exc: BaseException) -> str:
@@ -739,16 +732,7 @@ class DeliveryWorker:
     def _deferred(
         self, claim: Claim, started: datetime | None, code: int | None, reply: str
     ) -> Result:
-        retry_at = utcnow() + backoff(claim.attempts, self.config.first_retry)
-        deadline = (started or utcnow()) + self.config.retry_deadline
-        if retry_at > deadline:
-            return Result(
-                claim,
-                DeliveryStatus.failed,
-                code,
-                f"gave up after {claim.attempts + 1} attempts: {reply}",
-            )
-        return Result(claim, DeliveryStatus.deferred, code, reply, retry_at)
+        return self.config.retry.deferral(claim, started, code, reply)
 
     def _finish(self, issue_id: int) -> None:
         with Session(for_writing(self.engine)) as session:

@@ -18,6 +18,7 @@ from mailer.brake import BrakePolicy
 from mailer.capture import CaptureServer
 from mailer.inbound import InboundHandler
 from mailer.ratelimit import Limit, SlidingWindow
+from mailer.retry import RetryPolicy
 from mailer.scheduler import Scheduler
 from mailer.sending import start_issue
 from mailer.signing import DKIMSigner
@@ -148,6 +149,11 @@ class Runtime:
             )
         return routes
 
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """How deferred deliveries are retried, by the worker and the pull API alike."""
+        return RetryPolicy(deadline=timedelta(days=self.settings.retry_days))
+
     def delivery_worker(self) -> DeliveryWorker:
         return DeliveryWorker(
             self.engine,
@@ -159,7 +165,7 @@ class Runtime:
                 per_second=self.settings.send_rate or None,
                 lease=timedelta(seconds=self.settings.delivery_lease_seconds),
                 connections=self.settings.smtp_pool_size,
-                retry_deadline=timedelta(days=self.settings.retry_days),
+                retry=self.retry_policy,
             ),
             bounces=self.feedback(),
             routes=self.routes(),

@@ -43,9 +43,9 @@ from mailer.feedback import Feedback, FeedbackKind
 from mailer.messages import compose_each, pause_reason
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Claim, Result
+from mailer.retry import backoff
 from mailer.transactions import for_writing
 from mailer.verp import TOKEN_LENGTH
-from mailer.worker import backoff
 from subscriptions import parties
 from subscriptions.auth import credential_for_token
 from subscriptions.deps import RuntimeDep

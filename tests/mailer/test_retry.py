@@ -7,7 +7,8 @@ from datetime import timedelta
 from mailer.clock import utcnow
 from mailer.models import DeliveryStatus
 from mailer.queue import Claim
-from mailer.worker import DeliveryWorker, WorkerConfig, backoff
+from mailer.retry import RetryPolicy, backoff
+from mailer.worker import DeliveryWorker, WorkerConfig
 
 
 def test_backoff_doubles_from_a_minute_to_an_hour() -> None:
@@ -25,7 +26,7 @@ def test_backoff_doubles_from_a_minute_to_an_hour() -> None:
 
 def test_a_deferral_past_the_deadline_fails_with_the_reason() -> None:
     worker = DeliveryWorker.__new__(DeliveryWorker)
-    worker.config = WorkerConfig(retry_deadline=timedelta(days=3))
+    worker.config = WorkerConfig(retry=RetryPolicy(deadline=timedelta(days=3)))
     claim = Claim(delivery_id=1, issue_id=1, subscriber_id=1, fence=1, attempts=4)
     fresh = worker._deferred(claim, utcnow(), 451, "try later")
     assert fresh.status is DeliveryStatus.deferred

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from mailer.retry import RetryPolicy
 from mailer.transport import SMTPRelay, SMTPTransport, TLSMode
 from mailer.worker import DeliveryWorker, WorkerConfig
 from subscriptions.db import for_writing
@@ -66,7 +67,9 @@ async def send_through_chaos(
         SMTPTransport(relay),
         runtime.delivery_tokens,
         WorkerConfig(
-            batch=500, first_retry=timedelta(milliseconds=50), lease=timedelta(seconds=30)
+            batch=500,
+            retry=RetryPolicy(first=timedelta(milliseconds=50)),
+            lease=timedelta(seconds=30),
         ),
     )
     early: list[str] = []
