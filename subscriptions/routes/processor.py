@@ -43,7 +43,6 @@ from mailer.feedback import Feedback, FeedbackKind
 from mailer.messages import compose_each, pause_reason
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Claim, Result
-from mailer.retry import backoff
 from mailer.transactions import for_writing
 from mailer.verp import TOKEN_LENGTH
 from subscriptions import parties
@@ -58,7 +57,6 @@ router = APIRouter(prefix="/processor/v1", tags=["processors"])
 _bearer = HTTPBearer(auto_error=False, description="A processor's machine credential (mp_...).")
 
 LEASE = timedelta(minutes=30)
-SENDING_WINDOW = timedelta(days=3)  # as long as the delivery worker retries a deferral
 
 
 def authenticate(
@@ -254,6 +252,7 @@ def report_outcomes(runtime: RuntimeDep, party: Party, body: OutcomeReport) -> O
     results: list[Result] = []
     ignored: list[str] = []
     feedback = runtime.feedback()
+    retry = runtime.retry_policy  # the worker's: a processor's deferrals end by its deadline
     recorded = 0
     with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
         rows = session.exec(
@@ -270,7 +269,7 @@ def report_outcomes(runtime: RuntimeDep, party: Party, body: OutcomeReport) -> O
                 continue
             delivery, issue = row
             ended = issue.finished_at or issue.started_at or now
-            if ended + SENDING_WINDOW + timedelta(days=processor.retention_days) < now:
+            if ended + retry.deadline + timedelta(days=processor.retention_days) < now:
                 raise HTTPException(
                     status.HTTP_403_FORBIDDEN,
                     f"the retention period for issue {issue.id} has ended",
@@ -295,9 +294,13 @@ def report_outcomes(runtime: RuntimeDep, party: Party, body: OutcomeReport) -> O
                 delivery.attempts,
                 delivery.processor,
             )
-            state = DeliveryStatus(outcome.status)
-            retry = now + backoff(delivery.attempts) if state is DeliveryStatus.deferred else None
-            results.append(Result(claim, state, outcome.code, outcome.reply, retry))
+            if outcome.status == "deferred":
+                results.append(
+                    retry.deferral(claim, issue.started_at, outcome.code, outcome.reply, now=now)
+                )
+            else:
+                state = DeliveryStatus(outcome.status)
+                results.append(Result(claim, state, outcome.code, outcome.reply))
         _touch(session, party)
         session.commit()
     recorded += queue.record(runtime.engine, results)

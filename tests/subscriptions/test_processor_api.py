@@ -18,6 +18,7 @@ from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from subscriptions.app import create_app
 from subscriptions.auth import issue_party_credential
 from subscriptions.consent import Evidence
 from subscriptions.db import for_writing
@@ -34,6 +35,7 @@ from subscriptions.models import (
 from subscriptions.runtime import Runtime
 from tests.mailer.test_processors import with_route
 from tests.mailer.test_sending import deliveries, drain, seed, status_of, worker_for
+from tests.support.clock import moved_clock
 from tests.support.smtp import SMTPSink
 
 
@@ -293,3 +295,38 @@ def test_a_split_route_gives_each_recipient_to_exactly_one_processor(
         "d@sg.example.jp": "sakura-delivery",
     }
     assert sorted(records) == [("sakura-asia", 2), ("sakura-delivery", 2)]
+
+
+def test_a_processor_deferring_for_ever_gives_up_at_the_deadline_and_the_issue_ends(
+    routed_app: FastAPI, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pull API retries a processor's deferrals as the worker retries the relay's: the
+    same growing pauses, and no attempt after the issue's start plus MAILMAG_RETRY_DAYS."""
+    live = routed_app.state.runtime.settings.model_copy(update={"retry_days": 0.5})
+    app = create_app(live, engine=engine, delivery=False)
+    issue_id, _ = started_pull_issue(app, engine, 1)
+    token = credential(engine, "sakura-asia")
+    clock = moved_clock(monkeypatch)
+    pulls = 0
+    with TestClient(app) as client:
+        while pulls < 100:
+            batch = pull(client, token).json()["deliveries"]
+            if not batch:
+                [row] = deliveries(engine, issue_id)
+                if row.status is not DeliveryStatus.deferred:
+                    break
+                clock.move(row.next_attempt_at - clock.now() + timedelta(seconds=1))
+                continue
+            pulls += 1
+            report = [
+                {"token": batch[0]["token"], "status": "deferred", "code": 451, "reply": "busy"}
+            ]
+            answer = client.post(
+                "/processor/v1/outcomes", json={"outcomes": report}, headers=auth(token)
+            )
+            assert answer.json() == {"recorded": 1, "ignored": []}
+    [row] = deliveries(engine, issue_id)
+    assert row.status is DeliveryStatus.failed
+    assert row.last_reply == f"gave up after {pulls} attempts: busy"
+    assert status_of(engine, issue_id) is IssueStatus.sent
+    assert timedelta(hours=11) < clock.offset <= timedelta(hours=12)
