@@ -7,6 +7,15 @@ feedback loops send complaints) of the bounce domain; anything else is refused a
 it is no relay. Each message is stored durably before the 250 reply, then classified and
 acted on; a failure while acting leaves the stored message for a later look, and still
 answers 250.
+
+One message is stored once and acted on once, whatever its envelope lists. An address given
+again in RCPT (in any case) is acknowledged and not counted twice. A message to several
+addresses it owns is no bounce or complaint that an MTA sends (a DSN goes to the one return
+path of the message it reports; a feedback loop names one report address), so it is kept
+under one of them, and classified as a message to that one: the first address with a
+delivery token (``bounce+``, ``unsubscribe+``), else the first given; the envelope's other
+recipients change nothing. Ten copies of a 2 MB message, or ten people suppressed by one
+message, are no longer to be had from one transaction.
 """
 
 from __future__ import annotations
@@ -66,10 +75,12 @@ class InboundHandler:
     async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
-            return "452 4.5.3 Too many recipients"
         if not self.owns(address):
             return "550 5.1.1 No such mailbox here (this server is not a relay)"
+        if address.strip().lower() in {a.strip().lower() for a in envelope.rcpt_tos}:
+            return "250 OK"  # the same mailbox again: the message is kept once all the same
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -78,16 +89,25 @@ class InboundHandler:
     ) -> str:
         raw: bytes = envelope.original_content
         mail_from = str(envelope.mail_from or "")
-        for recipient in envelope.rcpt_tos:
-            try:
-                stored = await asyncio.to_thread(
-                    self.store.save, mail_from=mail_from, recipient=recipient, raw=raw
-                )
-            except Exception:
-                log.exception("could not store an inbound message")
-                return "451 4.3.0 Cannot store the message now, try again later"
-            await asyncio.to_thread(self._process, stored, raw, recipient)
+        recipient = self.acted_for(envelope.rcpt_tos)
+        try:
+            stored = await asyncio.to_thread(
+                self.store.save, mail_from=mail_from, recipient=recipient, raw=raw
+            )
+        except Exception:
+            log.exception("could not store an inbound message")
+            return "451 4.3.0 Cannot store the message now, try again later"
+        await asyncio.to_thread(self._process, stored, raw, recipient)
         return "250 2.0.0 Stored"
+
+    def acted_for(self, recipients: list[str]) -> str:
+        """The one recipient a message is kept and classified under (see the module's
+        docstring): the first with a delivery token, else the first."""
+        for address in recipients:
+            match = self._ours.fullmatch(address.strip().lower())
+            if match is not None and match.group(2) is not None:
+                return address
+        return recipients[0]
 
     def _process(self, stored: int, raw: bytes, recipient: str) -> None:
         try:

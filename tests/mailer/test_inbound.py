@@ -347,3 +347,35 @@ def test_one_client_is_held_to_its_message_rate(app: FastAPI, engine: Engine) ->
     finally:
         server.stop()
     assert codes == [250, 250, 421]
+
+
+def test_one_message_is_stored_once_and_acted_on_once_whatever_its_envelope_lists(
+    sent: dict[str, dict[str, str]], inbound: int, engine: Engine
+) -> None:
+    """One DSN with its return path ten times in RCPT (in any case) is one stored copy; one
+    message to several owned addresses is kept and acted on for the first token address
+    only, so one message cannot suppress several people."""
+    first, second, third = sorted(sent)
+    return_path = sent[first]["return_path"]
+    bounce = sample("postfix.eml", recipient=first, return_path=return_path).replace("\n", "\r\n")
+    repeated = [return_path if n % 2 else return_path.upper() for n in range(10)]
+    with smtplib.SMTP("127.0.0.1", inbound) as smtp:
+        assert smtp.sendmail("MAILER-DAEMON@mx.example.net", repeated, bounce) == {}
+    with Session(engine) as session:
+        stored = session.exec(select(InboundMessage)).all()
+    assert [(m.recipient.lower(), m.kind) for m in stored] == [(return_path, "hard_bounce")]
+
+    several = [
+        f"postmaster@{DOMAIN}",
+        sent[second]["return_path"],
+        sent[third]["return_path"],
+    ]
+    bounce = sample("postfix.eml", recipient=second, return_path=several[1]).replace("\n", "\r\n")
+    with smtplib.SMTP("127.0.0.1", inbound) as smtp:
+        assert smtp.sendmail("MAILER-DAEMON@mx.example.net", several, bounce) == {}
+    with Session(engine) as session:
+        stored = session.exec(select(InboundMessage).order_by(col(InboundMessage.id))).all()
+    assert [m.recipient for m in stored[1:]] == [several[1]]
+    for address, suppressed in ((second, True), (third, False)):
+        subscriber, _ = person(engine, address)
+        assert (suppression(engine, subscriber.address_digest) is not None) is suppressed
