@@ -212,8 +212,10 @@ class Settings(BaseSettings):
         if isinstance(data, dict) and not data.get("base_url"):
             host = str(data.get("http_host") or "127.0.0.1")
             port = str(data.get("http_port") or 8000)
-            # A bad port or host is left for its own validator to name.
-            if port.isdigit() and 0 < int(port) < 65536 and host.replace(".", "").isalnum():
+            # A bad port or host is left for its own validator to name ("²" is a digit to
+            # str.isdigit, not to int).
+            port_ok = port.isascii() and port.isdigit() and 0 < int(port) < 65536
+            if port_ok and host.replace(".", "").isalnum():
                 data = {**data, "base_url": f"http://{host}:{port}"}
         return data
 

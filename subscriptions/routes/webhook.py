@@ -77,7 +77,8 @@ async def feedback_webhook(
     body = await request.body()
     if len(body) > MAX_BODY:
         raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, "body too large")
-    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > MAX_SKEW_SECONDS:
+    sent_at = _unix_seconds(timestamp)
+    if sent_at is None or abs(time.time() - sent_at) > MAX_SKEW_SECONDS:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "stale or missing timestamp")
     if not _signature_ok(secret.get_secret_value().encode(), timestamp, body, signature):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "bad signature")
@@ -105,6 +106,12 @@ def _apply(runtime: Runtime, event: FeedbackEvent, feedback: Feedback) -> Webhoo
         session.add(stored)
         session.commit()
     return WebhookAnswer(status="processed", outcome=outcome)
+
+
+def _unix_seconds(value: str) -> int | None:
+    """ASCII digits only: ``str.isdigit`` is also true of "²" and other digits that ``int``
+    refuses (a 500 before), and ``int`` takes "٣" or "1_0"."""
+    return int(value) if re.fullmatch(r"[0-9]{1,20}", value) else None
 
 
 def _token_of(return_path: str) -> str | None:

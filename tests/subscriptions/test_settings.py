@@ -85,6 +85,7 @@ def test_production_accepts_real_secret_relay_and_https_url() -> None:
         ({"database_url": "mysql://x@y/z"}, "MAILMAG_DATABASE_URL"),
         ({"base_url": "ftp:/nowhere"}, "MAILMAG_BASE_URL"),
         ({"http_port": 70000}, "MAILMAG_HTTP_PORT"),
+        ({"http_port": "²"}, "MAILMAG_HTTP_PORT"),
         ({"sender_name": "News\r\nBcc: victim@example.com"}, "MAILMAG_SENDER_NAME"),
     ],
 )

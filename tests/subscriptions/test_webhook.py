@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -22,6 +23,7 @@ from subscriptions.models import Subscriber, Suppression, SuppressionReason, Web
 from subscriptions.runtime import Runtime
 from subscriptions.settings import Settings
 from tests.mailer.test_sending import drain, seed, worker_for
+from tests.support.server import serving
 from tests.support.smtp import SMTPSink
 
 SECRET = "webhook-secret-for-tests-0123456789"
@@ -90,7 +92,7 @@ def test_a_signed_hard_bounce_suppresses_and_a_replay_changes_nothing(
         assert len(session.exec(select(WebhookEvent)).all()) == 1
 
 
-@pytest.mark.parametrize("problem", ["bad signature", "stale", "wrong secret"])
+@pytest.mark.parametrize("problem", ["bad signature", "stale", "wrong secret", "far future"])
 def test_unsigned_forged_or_stale_events_are_refused(
     problem: str, hook_client: TestClient, engine: Engine
 ) -> None:
@@ -102,10 +104,26 @@ def test_unsigned_forged_or_stale_events_are_refused(
     )
     if problem == "bad signature":
         headers["X-Mailmag-Signature"] = "0" * 64
+    if problem == "far future":
+        headers["X-Mailmag-Timestamp"] = "9" * 20
     answer = hook_client.post("/api/v1/feedback/webhook", content=raw, headers=headers)
     assert answer.status_code == 401
     with Session(engine) as session:
         assert session.exec(select(WebhookEvent)).all() == []
+
+
+@pytest.mark.parametrize("stamp", [b"\xb2", b"\xb9\xb3"])
+def test_a_timestamp_of_other_digits_is_refused_not_a_500(hooked: FastAPI, stamp: bytes) -> None:
+    """Latin-1 "²" and "¹³" (headers are decoded as latin-1) are digits to ``str.isdigit``
+    that ``int`` refuses: a 500 before. Sent as raw bytes over real HTTP (the test client
+    would re-encode them as UTF-8)."""
+    raw, headers = signed({"id": "evt-4", "type": "complaint", "token": "a" * 26})
+    sent = {k.encode(): v.encode() for k, v in headers.items()}
+    sent[b"X-Mailmag-Timestamp"] = stamp
+    with serving(hooked) as base:
+        answer = httpx.post(f"{base}/api/v1/feedback/webhook", content=raw, headers=sent)
+    assert answer.status_code == 401
+    assert answer.json() == {"detail": "stale or missing timestamp"}
 
 
 def test_malformed_events_are_explained(hook_client: TestClient) -> None:
