@@ -207,11 +207,13 @@ class SMTPConnection:
             if not raw.endswith(b"\n"):
                 raise ConnectionResetError("the relay closed the connection")
             line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-            if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in ("", " ", "-"):
+            code, mark = line[:3], line[3:4]
+            # ASCII digits: str.isdigit() is also true of "²", which int() refuses.
+            if not (len(code) == 3 and code.isascii() and code.isdigit()) or mark not in " -":
                 raise SMTPProtocolError(f"not an SMTP reply: {line[:80]!r}")
             texts.append(line[4:])
-            if line[3:4] != "-":
-                return Reply(int(line[:3]), "\n".join(texts) if lines else " ".join(texts))
+            if mark != "-":
+                return Reply(int(code), "\n".join(texts) if lines else " ".join(texts))
         raise SMTPProtocolError("an endless reply")
 
     @staticmethod

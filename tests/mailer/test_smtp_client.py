@@ -3,11 +3,12 @@ dots stuffed, line ends made CRLF, refusals reset the session, AUTH works."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
-from mailer.smtp import SMTPConnection, SMTPReplyError
+from mailer.smtp import SMTPConnection, SMTPProtocolError, SMTPReplyError
 from mailer.transport import Envelope, Outcome, SMTPRelay, SMTPTransport
 from tests.support.smtp import SMTPSink
 
@@ -82,3 +83,25 @@ async def test_auth_plain_against_a_relay_that_requires_it() -> None:
     finally:
         relay.stop()
     assert len(relay.received) == 1
+
+
+@pytest.mark.parametrize("greeting", ["²²0 ready", "22 ready", "220x ready"])
+async def test_a_reply_that_is_not_smtp_is_a_protocol_error(greeting: str) -> None:
+    """A relay (or a processor's) that answers with other digits than ASCII ones ("²" is a
+    digit to str.isdigit, not to int) is refused as not speaking SMTP, not a ValueError."""
+
+    async def greet(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(greeting.encode() + b"\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = SMTPConnection("127.0.0.1", port, timeout=5, local_hostname="test")
+        with pytest.raises(SMTPProtocolError, match="not an SMTP reply"):
+            await client.connect()
+        client.close()
+    finally:
+        server.close()
+        await server.wait_closed()
