@@ -26,7 +26,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from mailer.api import MarketingServices, marketing_router
 from mailer.verp import TEST_DELIVERY
-from subscriptions import schema
+from subscriptions import edge, schema
 from subscriptions.access import LoginRequired, authorize, current_staff, login_redirect_target
 from subscriptions.db import guard_loop, make_engine, outage_reason
 from subscriptions.errors import BadToken, StoreError, TestLink
@@ -140,6 +140,7 @@ def create_app(
     if settings.captures_mail:
         app.include_router(captured.router)
     app.openapi = partial(_openapi, app)  # type: ignore[method-assign]
+    edge.install(app, settings)  # last: the outermost layer
     return app
 
 

@@ -33,7 +33,7 @@ from mailer.errors import MailerError
 from mailer.inbound import inbound_server
 from mailer.private_files import write_private
 from mailer.queue import Progress
-from subscriptions import audit, consent, operations_cli, parties, provision, schema
+from subscriptions import audit, consent, edge, operations_cli, parties, provision, schema
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.app import create_app
 from subscriptions.auth import issue_party_credential, issue_token
@@ -127,6 +127,7 @@ def serve(
             port=listen_port,
             log_config=None,
             log_level=settings.log_level.lower(),
+            **edge.uvicorn_options(settings),
         )
         return
     web = create_app(settings, engine=engine)
@@ -151,6 +152,7 @@ def serve(
         port=listen_port,
         log_config=None,
         log_level=settings.log_level.lower(),
+        **edge.uvicorn_options(settings),
     )
 
 

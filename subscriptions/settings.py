@@ -17,6 +17,7 @@ the header otherwise).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from enum import StrEnum
@@ -88,6 +89,26 @@ class Settings(BaseSettings):
         "and the system-mail outbox. More "
         "than one needs an SMTP relay (MAILMAG_SMTP_HOST): the embedded capture server "
         "belongs to a single process.",
+    )
+
+    trusted_proxies: str = Field(
+        default="",
+        description="Reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed: "
+        "addresses or networks, comma-separated (10.0.0.5, 10.1.0.0/16); empty = none, the "
+        "client is the connection's peer. See docs/operations.md.",
+    )
+    header_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = Field(
+        default=10, description="A request's headers must arrive within this, or 408."
+    )
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=30, description="A request's body must arrive within this, or 408."
+    )
+    max_form_bytes: Annotated[int, Field(ge=4096)] = Field(
+        default=128 * 1024, description="Largest body of a page's form (413 beyond)."
+    )
+    max_api_bytes: Annotated[int, Field(ge=4096)] = Field(
+        default=4 * 1024 * 1024,
+        description="Largest body of a JSON API request, /api and /processor (413 beyond).",
     )
 
     smtp_host: str | None = Field(default=None, description="Relay host; unset = capture mail.")
@@ -232,6 +253,17 @@ class Settings(BaseSettings):
             raise ValueError("only sqlite:// and postgresql:// URLs are supported")
         return value
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        for item in (part.strip() for part in value.split(",")):
+            try:
+                if item:
+                    ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
+        return value
+
     @field_validator("sender_name", "sender_address", "smtp_host", "bounce_domain")
     @classmethod
     def _single_line(cls, value: str | None) -> str | None:
@@ -268,6 +300,10 @@ class Settings(BaseSettings):
         if url.get_backend_name() == "postgresql":
             url = url.set(drivername="postgresql+psycopg")
         return url
+
+    @property
+    def trusted_proxy_list(self) -> tuple[str, ...]:
+        return tuple(part.strip() for part in self.trusted_proxies.split(",") if part.strip())
 
     @property
     def sender_domain(self) -> str:

@@ -15,13 +15,17 @@ import uvicorn
 from fastapi import FastAPI
 
 from mailer.capture import LOOPBACK, free_port
+from subscriptions import edge
 
 
 @contextmanager
 def serving(app: FastAPI, port: int | None = None) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 until the block ends; yields the base URL."""
     port = port or free_port()
-    config = uvicorn.Config(app, host=LOOPBACK, port=port, log_level="warning", lifespan="on")
+    options = edge.uvicorn_options(app.state.runtime.settings)  # as `mailmag serve` runs it
+    config = uvicorn.Config(
+        app, host=LOOPBACK, port=port, log_level="warning", lifespan="on", **options
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
