@@ -127,7 +127,7 @@ def serve(
             port=listen_port,
             log_config=None,
             log_level=settings.log_level.lower(),
-            **edge.uvicorn_options(settings),
+            **edge.uvicorn_options(),
         )
         return
     web = create_app(settings, engine=engine)
@@ -152,7 +152,7 @@ def serve(
         port=listen_port,
         log_config=None,
         log_level=settings.log_level.lower(),
-        **edge.uvicorn_options(settings),
+        **edge.uvicorn_options(),
     )
 
 

@@ -7,8 +7,8 @@ memory, time or connections:
   connection opening or of the first byte after an answered request; otherwise the client
   gets ``408`` and the connection is closed. uvicorn has no such bound (its keep-alive timer
   runs only until the first byte), so ``HeaderTimeoutProtocol`` adds it to uvicorn's
-  httptools protocol; ``uvicorn_options`` is what ``mailmag serve`` and the test server run
-  with.
+  httptools protocol (it reads the timeout from the app it serves); ``uvicorn_options`` is
+  what ``mailmag serve`` and the test server run with.
 - **Request bodies** are limited by route class while they stream, before anything reads
   them whole: ``BodyGuard`` answers ``413`` as soon as a declared ``Content-Length``, or the
   bytes received so far, pass the class's limit (pages' forms ``MAILMAG_MAX_FORM_BYTES``, the
@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -78,18 +77,25 @@ class EdgeConfig:
 def install(app: FastAPI, settings: Settings) -> None:
     """Put the edge around ``app`` (outermost, so nothing inside sees an unbounded body)."""
     config = EdgeConfig.from_settings(settings)
+    app.state.edge = config  # where HeaderTimeoutProtocol finds its timeout
     app.add_middleware(BodyGuard, config=config)
     if config.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.trusted_proxies))
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """The options every web process is served with (``uvicorn.run`` or ``uvicorn.Config``)."""
-    config = EdgeConfig.from_settings(settings)
+def uvicorn_options() -> dict[str, Any]:
+    """The options every web process is served with (``uvicorn.run`` or ``uvicorn.Config``).
+
+    With several processes uvicorn's parent kills a child that does not answer its health
+    check within ``timeout_worker_healthcheck``; a child answers only once it has imported
+    mailmag, which took 4.5 s on a busy 2-core machine (the default 5 s killed children in a
+    loop), hence 30. The protocol is named, not given, for the same reason: the options are
+    sent to each child, and a class would be imported before it can answer."""
     return {
-        "http": partial(HeaderTimeoutProtocol, header_timeout=config.header_timeout),
+        "http": f"{__name__}:HeaderTimeoutProtocol",
         "proxy_headers": False,  # the app's edge decides whom to believe (install)
         "timeout_keep_alive": 5,
+        "timeout_worker_healthcheck": 30,
     }
 
 
@@ -223,9 +229,10 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     being answered is closed after that answer.
     """
 
-    def __init__(self, *args: Any, header_timeout: float = 10.0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.header_timeout = header_timeout
+        edge = getattr(getattr(self.app, "state", None), "edge", None)  # set by ``install``
+        self.header_timeout = edge.header_timeout if edge else EdgeConfig().header_timeout
         self._header_timer: asyncio.TimerHandle | None = None
 
     def _arm(self) -> None:

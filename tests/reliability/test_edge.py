@@ -40,7 +40,7 @@ def served(tmp_path: Path) -> Iterator[tuple[int, int]]:
         "MAILMAG_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
         "MAILMAG_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
     }
-    with serving(tmp_path, env) as process:
+    with serving(tmp_path, env, ready_within=60) as process:
         yield port, process.pid
 
 

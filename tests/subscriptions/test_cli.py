@@ -97,11 +97,13 @@ def test_admin_create_makes_an_account_once(tmp_path: Path) -> None:
 
 
 @contextmanager
-def serving(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+def serving(
+    tmp_path: Path, env: dict[str, str], ready_within: float = 20
+) -> Iterator[subprocess.Popen[bytes]]:
     """``mailmag migrate`` then ``mailmag serve`` with ``env``, until it answers /readyz."""
     assert run(["migrate"], tmp_path, env).returncode == 0
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILMAG_")}
-    with mailmag_serve(MAILMAG, tmp_path, clean | env) as process:
+    with mailmag_serve(MAILMAG, tmp_path, clean | env, timeout=ready_within) as process:
         yield process
 
 

@@ -22,7 +22,7 @@ from subscriptions import edge
 def serving(app: FastAPI, port: int | None = None) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 until the block ends; yields the base URL."""
     port = port or free_port()
-    options = edge.uvicorn_options(app.state.runtime.settings)  # as `mailmag serve` runs it
+    options = edge.uvicorn_options()  # as `mailmag serve` runs it
     config = uvicorn.Config(
         app, host=LOOPBACK, port=port, log_level="warning", lifespan="on", **options
     )
