@@ -26,7 +26,7 @@ from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
-from mailer.ratelimit import Limit, SlidingWindow
+from mailer.ratelimit import Limit, RateLimiter, SlidingWindow
 from subscriptions import audit
 from subscriptions.addresses import AddressHasher, normalise_address
 from subscriptions.audit import Actor
@@ -83,8 +83,8 @@ class Desk:
     self_service: SelfService
     due_days: int = 14
     # the public contact form: per client an hour, per address a day (verification mails)
-    per_client: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(10, 3600)))
-    per_address: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(3, 86400)))
+    per_client: RateLimiter = field(default_factory=lambda: SlidingWindow(Limit(10, 3600)))
+    per_address: RateLimiter = field(default_factory=lambda: SlidingWindow(Limit(3, 86400)))
 
     # --- arrival ------------------------------------------------------------------------------
 

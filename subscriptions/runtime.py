@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from fastapi.templating import Jinja2Templates
@@ -17,7 +20,7 @@ from sqlmodel import Session, select
 from mailer.brake import BrakePolicy
 from mailer.capture import CaptureServer
 from mailer.inbound import InboundHandler
-from mailer.ratelimit import Limit, SlidingWindow
+from mailer.ratelimit import Limit, RateLimiter, SharedWindow, SlidingWindow
 from mailer.retry import RetryPolicy
 from mailer.scheduler import Scheduler
 from mailer.sending import start_issue
@@ -258,6 +261,22 @@ def dkim_signer(settings: Settings) -> DKIMSigner | None:
     )
 
 
+def rate_limiter(
+    settings: Settings, engine: Engine, secret: bytes, scope: str, limit: Limit
+) -> RateLimiter:
+    """A limit that holds across every web process: kept in the database on PostgreSQL
+    (any number of processes and hosts) and on SQLite when more than one web process
+    serves; in memory for the embedded single process, where it is exact and free."""
+    if engine.dialect.name != "postgresql" and settings.web_processes == 1:
+        return SlidingWindow(limit)
+    key = hmac.new(secret, b"rate limit keys", hashlib.sha256).digest()
+
+    def digest(value: str) -> str:
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+    return SharedWindow(engine, scope, limit, digest)
+
+
 def build_runtime(settings: Settings, engine: Engine) -> Runtime:
     secret = settings.resolved_secret()
     registry = load_registry(settings.registry_file)
@@ -274,6 +293,7 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
     )
     lifecycle = Lifecycle(hasher)
     delivery_tokens = DeliveryTokens(secret)
+    limits = partial(rate_limiter, settings, engine, secret)
     mailer = SystemMailer(
         Sender(
             name=settings.sender_name,
@@ -291,8 +311,8 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
         links=links,
         deliveries=delivery_tokens,
         mailer=mailer,
-        per_ip=SlidingWindow(Limit(settings.subscribe_per_ip, HOUR)),
-        per_address=SlidingWindow(Limit(settings.subscribe_per_address, HOUR)),
+        per_ip=limits("sign-up/ip", Limit(settings.subscribe_per_ip, HOUR)),
+        per_address=limits("sign-up/address", Limit(settings.subscribe_per_address, HOUR)),
         policy=OptInPolicy(
             pending=timedelta(days=settings.pending_days),
             notify_interval=timedelta(hours=settings.notify_interval_hours),
@@ -306,7 +326,15 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
         registry=registry,
         optin=optin,
         self_service=self_service,
-        desk=Desk(hasher, links, mailer, self_service, settings.privacy_request_days),
+        desk=Desk(
+            hasher,
+            links,
+            mailer,
+            self_service,
+            settings.privacy_request_days,
+            per_client=limits("contact/ip", Limit(10, HOUR)),
+            per_address=limits("contact/address", Limit(3, 24 * HOUR)),
+        ),
         links=links,
         mailer=mailer,
         audience=StoreAudience(engine, registry),

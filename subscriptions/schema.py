@@ -19,11 +19,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 import mailer.models
+import mailer.ratelimit
 import subscriptions.models
 from subscriptions.paths import MIGRATIONS_DIR
 
 target_metadata: MetaData = SQLModel.metadata
-_ = (mailer.models, subscriptions.models)  # imported for their tables
+_ = (mailer.models, mailer.ratelimit, subscriptions.models)  # imported for their tables
 
 
 def alembic_config() -> Config:

@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
 from mailer.models import Delivery, Issue
-from mailer.ratelimit import SlidingWindow
+from mailer.ratelimit import RateLimiter, check_in_turn
 from mailer.verp import TOKEN_LENGTH, DeliveryTokens
 from subscriptions import consent
 from subscriptions.addresses import AddressHasher, normalise_address
@@ -185,8 +185,8 @@ class OptIn:
         links: Links,
         deliveries: DeliveryTokens,
         mailer: SystemMailer,
-        per_ip: SlidingWindow,
-        per_address: SlidingWindow,
+        per_ip: RateLimiter,
+        per_address: RateLimiter,
         policy: OptInPolicy,
     ) -> None:
         self.deliveries = deliveries
@@ -211,7 +211,10 @@ class OptIn:
         self, session: Session, request: SignUpRequest, client: Client, channel: ConsentChannel
     ) -> None:
         """Record a sign-up durably, or raise before writing anything."""
-        self.record_sign_up(session.connection(), self.check_sign_up(request, client, channel))
+        # Checked before the session's transaction begins: a rate limit kept in the database
+        # counts in a transaction of its own, which must not wait for this one's write lock.
+        checked = self.check_sign_up(request, client, channel)
+        self.record_sign_up(session.connection(), checked)
         session.commit()
 
     def input_errors(self, values: Mapping[str, Any]) -> dict[str, str]:
@@ -256,21 +259,18 @@ class OptIn:
                 ),
             )
         nonce = self.links.read_form_token(request.form_token)
-        for limiter, key, refusal in (
-            (
-                self.per_ip,
-                client.ip or "unknown",
+        # Both limits in one check (one statement when they are kept in the database); the
+        # address is counted only if the network was allowed.
+        refused = check_in_turn(
+            [(self.per_ip, client.ip or "unknown"), (self.per_address, email.lower())]
+        )
+        if refused is not None:
+            which, wait = refused
+            refusal = (
                 N_("Too many sign-ups from your network. Please try again later."),
-            ),
-            (
-                self.per_address,
-                email.lower(),
                 N_("Too many sign-ups for this address. Please try again later."),
-            ),
-        ):
-            wait = limiter.check(key)
-            if wait is not None:
-                raise RateLimited(refusal, retry_after=int(wait) + 1)
+            )[which]
+            raise RateLimited(refusal, retry_after=int(wait) + 1)
         notice = self.notices.current(request.locale)
         token_key = new_token_key()
         return CheckedSignUp(

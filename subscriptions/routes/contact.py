@@ -16,6 +16,7 @@ from fastapi import APIRouter, Form, Request, Response, status
 from fastapi.responses import HTMLResponse
 from sqlmodel import Session
 
+from mailer.ratelimit import check_in_turn
 from subscriptions import audit
 from subscriptions.audit import Actor
 from subscriptions.db import for_writing
@@ -94,7 +95,7 @@ def contact_submit(
     _ = gettext_for(locale)
     client = client_of(request).ip or ""
     desk = runtime.desk
-    if (desk.per_client.check(client), desk.per_address.check(address.lower())) != (None, None):
+    if check_in_turn([(desk.per_client, client), (desk.per_address, address.lower())]):
         return _contact_form(
             runtime, request, locale, _("Too many requests; please try again later."), 429
         )
