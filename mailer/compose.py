@@ -36,7 +36,7 @@ from markupsafe import Markup, escape
 from mailer.audience import Recipient
 from mailer.errors import HeaderInjection, NotCompliant
 from mailer.signing import DKIMSigner
-from mailer.templating import SLOTTED_CONTEXT, IssueTemplate, SlotText, slot
+from mailer.templating import HEADER_NAMES, SLOTTED_CONTEXT, IssueTemplate, SlotText, slot
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators.
 # Line breaks and other controls, and lone surrogates (which no charset can encode).
@@ -223,18 +223,22 @@ class PreparedIssue:
         self.content = content
         self.sender = sender
         self.signer = signer
-        common = {
-            "issue": {"subject": content.subject, "preheader": content.preheader},
-            "magazine": {"title": content.magazine_title},
-        }
-        self.subject = IssueTemplate(content.subject, html=False, common=common, what="subject")
+        common = {"magazine": {"title": content.magazine_title}}
+        # The subject and the preheader are rendered for each recipient like the bodies,
+        # and the bodies' issue.subject and issue.preheader are the recipient's own.
+        self.subject = IssueTemplate(
+            content.subject, html=False, common=common, what="subject", names=HEADER_NAMES
+        )
+        self.preheader = IssueTemplate(
+            content.preheader, html=False, common=common, what="preheader", names=HEADER_NAMES
+        )
         self.html = IssueTemplate(content.html_body, html=True, common=common, what="HTML body")
         self.text = (
             IssueTemplate(content.text_body, html=False, common=common, what="text body")
             if content.text_body
             else None
         )
-        parts = [self.subject, self.html] + ([self.text] if self.text else [])
+        parts = [self.subject, self.preheader, self.html] + ([self.text] if self.text else [])
         self.fields = frozenset().union(*(p.analysis.fields for p in parts))
         self._layout_html = layout.get_template("mail/issue.html")
         self._layout_text = layout.get_template("mail/issue.txt")
@@ -243,9 +247,8 @@ class PreparedIssue:
         frame = self._frame(body_html=Markup(slot("body")), body_text=slot("body"))  # noqa: S704
         self._html_frame = SlotText(frame[0], escape_values=False)
         self._text_frame = SlotText(frame[1], escape_values=False)
-        self._subject_slots = (
-            SlotText(self.subject.slotted, escape_values=False) if self.subject.slotted else None
-        )
+        self._subject_slots = self._header_slots(self.subject)
+        self._preheader_slots = self._header_slots(self.preheader)
         self._html_slots = (
             SlotText(
                 self._inline(self._html_frame.insert({"body": self.html.slotted})),
@@ -267,8 +270,8 @@ class PreparedIssue:
         values: dict[str, Any] = {
             "_": self._gettext,
             "lang": self.content.locale,
-            "subject": self.content.subject,
-            "preheader": self.content.preheader,
+            "subject": slot("issue.subject"),
+            "preheader": slot("issue.preheader") if self.content.preheader.strip() else "",
             "magazine_title": self.content.magazine_title,
             "sender": self.sender,
             **SLOTTED_CONTEXT,
@@ -276,6 +279,15 @@ class PreparedIssue:
         html = self._layout_html.render(values, body=body_html)
         text = self._layout_text.render(values, body=body_text)
         return html, text
+
+    @staticmethod
+    def _header_slots(part: IssueTemplate) -> SlotText | str | None:
+        """The subject's or preheader's slots; the text itself if it has none (the same
+        for every recipient); None if it must be rendered for each."""
+        if part.slotted is None:
+            return None
+        slots = SlotText(part.slotted, escape_values=False)
+        return slots.segments[0].strip() if not slots.keys else slots
 
     @staticmethod
     def _inline(html: str) -> str:
@@ -329,33 +341,49 @@ class PreparedIssue:
         values["unsubscribe_url"], values["preferences_url"] = self.links(token)
         return values
 
+    @staticmethod
+    def _line(part: IssueTemplate, slots: SlotText | str | None, values: Mapping[str, str]) -> str:
+        if isinstance(slots, str):
+            return slots
+        return (slots.fill(values) if slots is not None else part.render(values)).strip()
+
+    def recipient_values(self, recipient: Recipient, token: str) -> dict[str, str]:
+        """Everything per recipient that the templates and the layout may print: the
+        fields and links, then the subject and preheader rendered for this recipient."""
+        values = self.values(recipient, token)
+        values["issue.subject"] = self._line(self.subject, self._subject_slots, values)
+        values["issue.preheader"] = self._line(self.preheader, self._preheader_slots, values)
+        return values
+
     def render(self, recipient: Recipient, token: str = SAMPLE_TOKEN) -> tuple[str, str, str]:
         """Subject, HTML and text of one recipient's message."""
-        values = self.values(recipient, token)
-        subject = (
-            self._subject_slots.fill(values) if self._subject_slots else self.subject.render(values)
-        )
+        values = self.recipient_values(recipient, token)
         if self._html_slots is not None:
             html = self._html_slots.fill(values)
+            body_html = None
         else:
-            html = self._inline(self._html_frame.fill(values | {"body": self.html.render(values)}))
+            body_html = self.html.render(values)
+            frame_values = {key: str(escape(value)) for key, value in values.items()}
+            html = self._inline(self._html_frame.fill(frame_values | {"body": body_html}))
         if self._text_slots is not None:
             text = self._text_slots.fill(values)
         else:
-            body = (
-                self.text.render(values) if self.text else self._to_text(self.html.render(values))
-            )
+            if self.text is not None:
+                body = self.text.render(values)
+            else:  # the HTML body once, not a second time for its text version
+                body = self._to_text(
+                    body_html if body_html is not None else self.html.render(values)
+                )
             text = self._text_frame.fill(values | {"body": body})
-        return subject.strip(), html, text
+        return values["issue.subject"], html, text
 
     def _encoded(self, recipient: Recipient, token: str) -> tuple[str, bytes, bytes]:
         """Subject, and the HTML and text parts quoted-printable encoded."""
-        if self._html_qp is None or self._text_qp is None or self._subject_slots is None:
+        if self._html_qp is None or self._text_qp is None:
             subject, html, text = self.render(recipient, token)
             return subject, _qp(html), _qp(text)
-        values = self.values(recipient, token)
-        subject = self._subject_slots.fill(values).strip()
-        return subject, self._html_qp.fill(values), self._text_qp.fill(values)
+        values = self.recipient_values(recipient, token)
+        return values["issue.subject"], self._html_qp.fill(values), self._text_qp.fill(values)
 
     def message(self, recipient: Recipient, token: str, message_id: str | None = None) -> bytes:
         """The complete message for one recipient, ready for SMTP DATA."""

@@ -1,6 +1,6 @@
 """Issue templates: the documented context, field discovery, and a fast per-recipient fill.
 
-Marketing writes the subject and bodies as Jinja2 templates. They run in the
+Marketing writes the subject, preheader and bodies as Jinja2 templates. They run in the
 bounded sandbox of ``mailer/sandbox.py`` (no Python internals, every value, step and
 second bounded) with ``StrictUndefined`` and autoescaping (HTML), and see only the
 documented context. A template that breaks a rule is refused with ``TemplateRefused``,
@@ -11,7 +11,10 @@ The context a template may use::
 
     subscriber.name  .company  .department  .title  .email     (only what the issue needs)
     unsubscribe_url  preferences_url                            (per recipient)
-    issue.subject  issue.preheader  magazine.title              (the same for everyone)
+    issue.subject  issue.preheader     (as the recipient sees them: rendered for them)
+    magazine.title                                              (the same for everyone)
+
+The subject and the preheader may use ``subscriber.*`` and ``magazine.title``.
 
 ``IssueTemplate`` renders what is common to every recipient once. When the per-recipient
 values are only printed (``{{ subscriber.name }}``, never tested or looped over), the output
@@ -36,9 +39,10 @@ MAX_OUTPUT = sandbox.MAX_OUTPUT
 
 SUBSCRIBER_FIELDS = ("name", "company", "department", "title", "email")
 ISSUE_FIELDS = ("subject", "preheader")
-PER_RECIPIENT = ("subscriber", "unsubscribe_url", "preferences_url")
-COMMON = ("issue", "magazine")
+PER_RECIPIENT = ("subscriber", "unsubscribe_url", "preferences_url", "issue")
+COMMON = ("magazine",)
 ALLOWED_NAMES = frozenset(PER_RECIPIENT + COMMON)
+HEADER_NAMES = frozenset({"subscriber", "magazine"})  # what a subject or preheader may use
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +95,7 @@ def _is_plain_recipient_value(node: nodes.Node) -> bool:
     return (
         isinstance(node, nodes.Getattr)
         and isinstance(node.node, nodes.Name)
-        and node.node.name == "subscriber"
+        and node.node.name in ("subscriber", "issue")
     )
 
 
@@ -128,6 +132,7 @@ SLOTTED_CONTEXT: Mapping[str, Any] = {
     "subscriber": _SlotSubscriber(),
     "unsubscribe_url": _Slot("unsubscribe_url"),
     "preferences_url": _Slot("preferences_url"),
+    "issue": {name: _Slot(f"issue.{name}") for name in ISSUE_FIELDS},
 }
 
 
@@ -178,7 +183,7 @@ def redacted(message: str, values: Mapping[str, str]) -> str:
 
 
 class IssueTemplate:
-    """One part of an issue (subject, HTML or text body) in the sandbox.
+    """One part of an issue (subject, preheader, HTML or text body) in the sandbox.
 
     ``slotted`` is the output with slots in place of per-recipient values, when the
     template only prints them; else None and ``render`` must run once per recipient.
@@ -222,9 +227,11 @@ class IssueTemplate:
     def render(self, values: Mapping[str, str]) -> str:
         """Render in full for one recipient (``values`` keyed like the slots)."""
         subscriber = {name: values.get(f"subscriber.{name}", "") for name in SUBSCRIBER_FIELDS}
+        issue = {name: values.get(f"issue.{name}", "") for name in ISSUE_FIELDS}
         context = {
             "subscriber": subscriber,
             "unsubscribe_url": values.get("unsubscribe_url", ""),
             "preferences_url": values.get("preferences_url", ""),
+            "issue": issue,
         }
         return self._render(context, values)

@@ -129,6 +129,75 @@ def test_a_hostile_template_is_refused_at_preparation() -> None:
         PreparedIssue(content(html_body="{{ ''.__class__ }}"), SENDER, LAYOUT, lambda s: s)
 
 
+def _title_and_preheader(html: str) -> tuple[str, str]:
+    title = re.search(r"<title>(.*?)</title>", html)
+    hidden = re.search(r'<div style="display:none[^"]*">(.*?)</div>', html)
+    assert title is not None
+    return title.group(1), hidden.group(1) if hidden else ""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "<p>{{ issue.subject }} / {{ issue.preheader }}</p>",  # printed: filled per recipient
+        "{% if subscriber.name %}<p>{{ issue.subject }} / {{ issue.preheader }}</p>{% endif %}",
+    ],
+)
+def test_the_title_and_preheader_are_rendered_for_each_recipient(body: str) -> None:
+    """The HTML <title> held the subject's raw template and the preheader was sent raw; both
+    are rendered like the subject, escaped, and so are issue.subject and issue.preheader."""
+    prepared = PreparedIssue(
+        content(
+            subject="Hello {{ subscriber.name }} & co",
+            preheader="For {{ subscriber.name }} at {{ subscriber.company }}",
+            html_body=body,
+        ),
+        SENDER,
+        LAYOUT,
+        lambda s: s,
+    )
+    reader = Recipient(7, "reader@example.org", {"name": "山田 <花子>", "company": "A&B"})
+    assert prepared.fields == {"name", "company"}  # the preheader's fields reach the audience
+    message = parse(prepared.message(reader, "tok"))
+    assert message["Subject"] == "Hello 山田 <花子> & co"
+    part = message.get_body(("html",))
+    assert isinstance(part, EmailMessage)
+    html = part.get_content()
+    assert _title_and_preheader(html) == (
+        "Hello 山田 &lt;花子&gt; &amp; co",
+        "For 山田 &lt;花子&gt; at A&amp;B",
+    )
+    assert "<p>Hello 山田 &lt;花子&gt; &amp; co / For 山田 &lt;花子&gt; at A&amp;B</p>" in html
+    assert "{{" not in html
+    text = message.get_body(("plain",))
+    assert isinstance(text, EmailMessage)
+    assert "{{" not in text.get_content()
+
+
+def test_a_constant_subject_and_no_preheader() -> None:
+    prepared = PreparedIssue(
+        content(subject="News & views", preheader=""), SENDER, LAYOUT, lambda s: s
+    )
+    _, html, _ = prepared.render(RECIPIENT, "tok")
+    assert _title_and_preheader(html) == ("News &amp; views", "")
+
+
+@pytest.mark.parametrize(
+    ("preheader", "reason"),
+    [
+        ("{{ subscriber.password }}", "subscriber has no field 'password'"),
+        ("{{ issue.subject }}", "unknown name(s) issue"),
+        ("{{ unsubscribe_url }}", "unknown name(s) unsubscribe_url"),
+        ("{{ 'x'.ljust(10**8) }}", "width: value too large"),
+    ],
+)
+def test_the_preheader_follows_the_subjects_rules(preheader: str, reason: str) -> None:
+    with pytest.raises(TemplateRefused, match=re.escape(f"preheader: {reason}")):
+        PreparedIssue(content(preheader=preheader), SENDER, LAYOUT, lambda s: s)
+    with pytest.raises(TemplateRefused, match=re.escape(f"subject: {reason}")):
+        PreparedIssue(content(subject=preheader), SENDER, LAYOUT, lambda s: s)
+
+
 LINE_BREAKERS = st.sampled_from(["\r", "\n", "\r\n", "\x85", "\u2028", "\u2029", "\x00", "\x0b"])
 
 
