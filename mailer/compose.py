@@ -22,10 +22,11 @@ import html as html_lib
 import random
 import re
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from email.header import Header
-from email.utils import formatdate
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 import css_inline
@@ -34,6 +35,7 @@ from jinja2 import Environment
 from markupsafe import Markup, escape
 
 from mailer.audience import Recipient
+from mailer.encoded_words import encoded_words, fold
 from mailer.errors import HeaderInjection, NotCompliant
 from mailer.signing import DKIMSigner
 from mailer.templating import HEADER_NAMES, SLOTTED_CONTEXT, IssueTemplate, SlotText, slot
@@ -61,14 +63,31 @@ def safe_header(value: str, what: str) -> str:
     return value
 
 
-def encode_header(value: str, what: str) -> str:
-    """A header value, RFC 2047-encoded when it is not plain ASCII, folded with CRLF."""
-    safe_header(value, what)
+def _plain(value: str) -> bool:
     # Text that looks like an encoded word is encoded itself, so a reader's decoder shows it
     # as typed instead of decoding a line break someone smuggled into it.
-    if value.isascii() and len(value) < 900 and "=?" not in value:
-        return value
-    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+    return value.isascii() and len(value) < 900 and "=?" not in value
+
+
+def encode_header(value: str, what: str) -> str:
+    """A header value, RFC 2047-encoded when it is not plain ASCII, folded with CRLF: every
+    encoded word within 75 characters (``mailer/encoded_words.py``)."""
+    safe_header(value, what)
+    return value if _plain(value) else fold(encoded_words(value))
+
+
+_DATE = [-1, ""]  # the second of the last Date header written, and that header
+
+
+def date_header() -> str:
+    """Now, as RFC 5322 writes a date in UTC: ``+0000`` (``GMT`` is the obsolete syntax of
+    4.3). Made once a second: formatting a date for every message showed in profiles."""
+    second = int(time.time())
+    if _DATE[0] != second:
+        text = format_datetime(datetime.fromtimestamp(second, UTC))
+        _DATE[:] = [second, text]
+        return text
+    return str(_DATE[1])
 
 
 _QP_WIDTH = 75  # characters of a quoted-printable line, before a soft line break's "="
@@ -107,19 +126,29 @@ def _undotted(line: bytes) -> bytes:
     return b"\n".join(lines)
 
 
-_SPECIALS = re.compile(r'[()<>@,;:\\".\[\]]')
+_ATOMS = re.compile(r'[^()<>@,;:\\".\[\]\s]+(?: [^()<>@,;:\\".\[\]\s]+)*')  # RFC 5322 3.2.3
+
+
+def phrase(name: str, what: str, trailer: str) -> str:
+    """``name trailer`` for a header (a display name and ``<address>``, a list's title and
+    ``<id>``): the name as an RFC 5322 phrase, quoted unless it is words of atoms with
+    single spaces between them (3.2.3: specials, or spaces a reader would fold),
+    RFC 2047-encoded if it is not plain ASCII, or left out if empty."""
+    safe_header(name, what)
+    name = name.strip()  # readers drop the spaces at its ends anyway
+    if not name:
+        return trailer
+    if not _plain(name):
+        return fold(encoded_words(name), trailer)
+    if _ATOMS.fullmatch(name):
+        return f"{name} {trailer}"
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')  # specials, or spaces to keep
+    return f'"{quoted}" {trailer}'
 
 
 def mailbox(name: str, address: str) -> str:
-    """``Name <address>`` for a header: the name RFC 2047-encoded, or quoted if it holds
-    specials (RFC 5322 3.2.3)."""
-    safe_header(address, "address")
-    if not name:
-        return address
-    if name.isascii() and _SPECIALS.search(name):
-        quoted = name.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{safe_header(quoted, "display name")}" <{address}>'
-    return f"{encode_header(name, 'display name')} <{address}>"
+    """``Name <address>`` for a header."""
+    return phrase(name, "display name", f"<{safe_header(address, 'address')}>")
 
 
 def alternative_message(headers: list[tuple[str, str]], text: str, html: str) -> bytes:
@@ -316,12 +345,11 @@ class PreparedIssue:
     def _headers(self) -> bytes:
         sender = self.sender
         slug = safe_header(self.content.magazine_slug, "magazine slug")
+        list_id = f"<{slug}.{safe_header(sender.list_id_domain, 'list-id domain')}>"
         lines = [
-            f"From: {encode_header(sender.name, 'sender name')} "
-            f"<{safe_header(sender.address, 'sender address')}>",
+            f"From: {mailbox(sender.name, safe_header(sender.address, 'sender address'))}",
             "MIME-Version: 1.0",
-            f"List-Id: {encode_header(self.content.magazine_title, 'magazine title')} "
-            f"<{slug}.{safe_header(sender.list_id_domain, 'list-id domain')}>",
+            f"List-Id: {phrase(self.content.magazine_title, 'magazine title', list_id)}",
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
             "Precedence: bulk",
             f"Feedback-ID: {self.content.issue_id}:{slug}:newsletter:mailmag",
@@ -395,7 +423,7 @@ class PreparedIssue:
         head = (
             f"To: {address}\r\n"
             f"Subject: {encode_header(subject, 'subject')}\r\n"
-            f"Date: {formatdate(usegmt=True)}\r\n"
+            f"Date: {date_header()}\r\n"
             f"Message-ID: {message_id}\r\n"
             f"List-Unsubscribe: <{unsubscribe}>,\r\n <mailto:unsubscribe+{token}@{domain}>\r\n"
             f'Content-Type: multipart/alternative; boundary="{self._boundary}"\r\n'

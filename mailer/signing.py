@@ -34,6 +34,7 @@ SIGNED_HEADERS = (
     b"mime-version",
     b"content-type",
 )
+_LINE = 78  # characters of a header line (RFC 5322 2.1.1)
 _WSP = re.compile(rb"[ \t]+")
 _FOLD = re.compile(rb"\r\n(?=[ \t])")
 
@@ -81,18 +82,27 @@ class DKIMSigner:
             found = [f for f in fields if f[0].strip().lower() == wanted]
             if found:
                 chosen.append(found[-1])
-        tags = (
-            b"v=1; a=rsa-sha256; c=relaxed/simple; d=" + self.domain.encode("ascii")
-            + b"; s=" + self.selector.encode("ascii")
-            + b"; t=" + str(int(time.time())).encode()
-            + b"; h=" + b":".join(name.strip().lower() for name, _ in chosen)
-            + b"; bh=" + body_hash + b"; b="
-        )  # fmt: skip
+        names = [name.strip().lower() for name, _ in chosen]
+        value = self._tags(names, body_hash)  # as written, up to an empty b=
         signed = b"".join(_relaxed(n, v) + b"\r\n" for n, v in chosen)
-        signed += _relaxed(b"DKIM-Signature", b" " + tags)
-        signature = self._key.sign(signed, padding.PKCS1v15(), hashes.SHA256())
-        encoded = base64.b64encode(signature)
-        folded = b"\r\n\t".join(encoded[i : i + 72] for i in range(0, len(encoded), 72))
-        return (
-            b"DKIM-Signature: " + tags.replace(b"; h=", b";\r\n\th=") + folded + b"\r\n" + message
-        )
+        signed += _relaxed(b"DKIM-Signature", value)
+        signature = base64.b64encode(self._key.sign(signed, padding.PKCS1v15(), hashes.SHA256()))
+        folded = b"\r\n\t".join(signature[i : i + 72] for i in range(0, len(signature), 72))
+        return b"DKIM-Signature:" + value + folded + b"\r\n" + message
+
+    def _tags(self, names: list[bytes], body_hash: bytes) -> bytes:
+        """The header's value up to ``b=``, folded (RFC 6376 allows whitespace around the
+        colons of ``h=``) so that no line passes 78 characters (RFC 5322 2.1.1)."""
+        lines = [
+            b" v=1; a=rsa-sha256; c=relaxed/simple;",
+            b"\td=" + self.domain.encode("ascii") + b"; s=" + self.selector.encode("ascii")
+            + b"; t=" + str(int(time.time())).encode() + b";",
+        ]  # fmt: skip
+        line = b"\th=" + names[0]
+        for name in names[1:]:
+            if len(line) + 1 + len(name) + 1 > _LINE:
+                lines.append(line)
+                line = b"\t"
+            line += b":" + name
+        lines += [line + b";", b"\tbh=" + body_hash + b";", b"\tb="]
+        return b"\r\n".join(lines)

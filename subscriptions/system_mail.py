@@ -12,7 +12,7 @@ of spam must never reach the person whose address was entered.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from email.utils import formatdate, make_msgid
+from email.utils import make_msgid
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -21,7 +21,13 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from mailer.clock import utcnow
-from mailer.compose import alternative_message, encode_header, mailbox, safe_header
+from mailer.compose import (
+    alternative_message,
+    date_header,
+    encode_header,
+    mailbox,
+    safe_header,
+)
 from subscriptions.db import table_of
 from subscriptions.i18n import gettext_for
 from subscriptions.models import SystemMail, SystemMailStatus
@@ -70,7 +76,7 @@ class SystemMailer:
             ("From", mailbox(self.sender.name, self.sender.address)),
             ("To", safe_header(recipient, "recipient")),
             ("Subject", encode_header(_(subject), "subject")),
-            ("Date", formatdate(usegmt=True)),
+            ("Date", date_header()),
             ("Message-ID", make_msgid(domain=domain or None)),
             ("Auto-Submitted", "auto-generated"),
         ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
+from email.header import decode_header, make_header
 from email.message import EmailMessage
 
 import pytest
@@ -14,7 +16,7 @@ from hypothesis import strategies as st
 from jinja2 import Environment, FileSystemLoader
 
 from mailer.audience import Recipient
-from mailer.compose import IssueContent, PreparedIssue, SenderProfile
+from mailer.compose import IssueContent, PreparedIssue, SenderProfile, encode_header, mailbox
 from mailer.errors import HeaderInjection, NotCompliant, TemplateRefused
 from mailer.smtp import make_transparent
 from subscriptions.paths import TEMPLATES_DIR
@@ -243,6 +245,134 @@ def test_any_subscriber_name_stays_inside_its_header(name: str) -> None:
     }
 
 
+_ENCODED_WORD = re.compile(rb"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+JAPANESE = st.text(
+    alphabet=st.one_of(
+        st.characters(min_codepoint=0x3041, max_codepoint=0x30FF),  # kana
+        st.characters(min_codepoint=0x4E00, max_codepoint=0x9FFF),  # kanji
+        st.characters(min_codepoint=0xFF61, max_codepoint=0xFF9F),  # half-width kana
+        st.characters(min_codepoint=0x1F300, max_codepoint=0x1F64F),  # emoji: 4 bytes
+        st.sampled_from('、。「」ー　 ABCabc123!?-&<>,.:;"()@'),
+    ),
+    min_size=1,
+    max_size=120,
+).filter(lambda text: text.strip() != "")
+
+
+def _dkim_keys() -> tuple[bytes, bytes]:
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return pem, b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+
+DKIM_PEM, DKIM_RECORD = _dkim_keys()
+
+
+def _unfolded(head: bytes, name: bytes) -> str:
+    value = re.search(rb"^" + name + rb": (.*?)\r\n(?! )", head, re.M | re.S)
+    assert value is not None
+    return value.group(1).replace(b"\r\n ", b" ").decode("ascii")
+
+
+def _dns(name: bytes, timeout: int = 5) -> bytes:
+    assert name == b"mm._domainkey.example.co.jp."
+    return DKIM_RECORD
+
+
+@settings(max_examples=40, deadline=None)
+@given(subject=JAPANESE, sender_name=JAPANESE, title=JAPANESE)
+def test_japanese_headers_are_valid_encoded_words(
+    subject: str, sender_name: str, title: str
+) -> None:
+    """RFC 2047: no encoded word longer than 75 characters, none splitting a character
+    (each decodes on its own), every header line within 78; Python's parser and dkimpy
+    read the message as written."""
+    import dkim
+
+    from mailer.signing import DKIMSigner
+
+    signer = DKIMSigner(domain="example.co.jp", selector="mm", private_key=DKIM_PEM)
+    prepared = PreparedIssue(
+        content(subject=f"{{{{ subscriber.name }}}}{subject}", magazine_title=title),
+        replace(SENDER, name=sender_name),
+        LAYOUT,
+        lambda s: s,
+        signer,
+    )
+    raw = prepared.message(RECIPIENT, "tok")
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n"):  # DKIM-Signature's too
+        assert len(line) <= 78, line
+    for word in _ENCODED_WORD.findall(head):
+        assert len(word) <= 75, word
+        assert str(make_header(decode_header(word.decode("ascii"))))  # whole characters
+    message = parse(raw)
+    assert message["Subject"] == f"山田 <花子>{subject}".strip()
+    assert message["Subject"].defects == ()
+    name = sender_name.strip()
+    shown = message["From"].addresses[0].display_name
+    # Python's address parser folds a phrase's spaces, and puts one between two encoded
+    # words (RFC 2047 6.2 says to ignore it): RFC 2047's own decoding gives the name exactly
+    assert "".join(shown.split()) == "".join(name.split())
+    if not name.isascii():
+        phrase = _unfolded(head, b"From").rsplit(" <", 1)[0]
+        assert str(make_header(decode_header(phrase))) == name
+    assert message["From"].addresses[0].addr_spec == "news@example.co.jp"
+    shown = message["List-Id"].removesuffix(" <weekly.lists.example.co.jp>")
+    title = title.strip()
+    assert shown in (title, '"' + title.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    assert dkim.verify(raw, dnsfunc=_dns)
+
+
+@settings(max_examples=500, deadline=None)
+@given(name=JAPANESE | st.text(st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp"))))
+def test_system_mail_headers_are_valid_encoded_words(name: str) -> None:
+    for value in (encode_header(name, "subject"), mailbox(name, "news@example.co.jp")):
+        assert "\n" not in value.replace("\r\n ", "")
+        for word in _ENCODED_WORD.findall(value.encode("ascii", "replace")):
+            assert len(word) <= 75, word
+        first, *rest = value.split("\r\n")
+        assert len("Subject: " + first) <= 78
+        assert all(len(line) <= 78 for line in rest)
+
+
+def test_the_date_is_written_plus_0000() -> None:
+    """RFC 5322 4.3: "GMT" is obsolete zone syntax."""
+    raw = PreparedIssue(content(), SENDER, LAYOUT, lambda s: s).message(RECIPIENT, "t")
+    written = _unfolded(raw.split(b"\r\n\r\n", 1)[0], b"Date")
+    assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d \+0000", written), written
+    message = parse(raw)
+    assert message["Date"].datetime.utcoffset() == timedelta(0)
+    assert abs(message["Date"].datetime - datetime.now(UTC)) < timedelta(seconds=5)
+
+
+def test_names_with_specials_are_quoted() -> None:
+    """RFC 5322 3.2.3: a comma or colon in the sender's name or the magazine's title is
+    quoted, or the From header names two mailboxes."""
+    prepared = PreparedIssue(
+        content(magazine_title="Weekly: News, etc."),
+        replace(SENDER, name="Sakura News, Inc."),
+        LAYOUT,
+        lambda s: s,
+    )
+    message = parse(prepared.message(RECIPIENT, "t"))
+    assert len(message["From"].addresses) == 1
+    assert message["From"].addresses[0].display_name == "Sakura News, Inc."
+    assert message["List-Id"] == '"Weekly: News, etc." <weekly.lists.example.co.jp>'
+
+
 def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers() -> None:
     import base64
 
@@ -273,7 +403,7 @@ def test_dkim_signature_verifies_and_covers_the_unsubscribe_headers() -> None:
         return record
 
     assert dkim.verify(raw, dnsfunc=dns)
-    signed = parse(raw)["DKIM-Signature"].replace(" ", "").replace("\r\n", "")
+    signed = "".join(parse(raw)["DKIM-Signature"].split())  # folded at 78 characters
     assert "list-unsubscribe:list-unsubscribe-post" in signed.lower()
     tampered = raw.replace(
         b"List-Unsubscribe-Post: List-Unsubscribe=One-Click", b"List-Unsubscribe-Post: nothing"
