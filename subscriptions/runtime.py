@@ -148,6 +148,7 @@ class Runtime:
                     password=password.get_secret_value() if password else None,
                     timeout=settings.smtp_timeout,
                     pool_size=settings.smtp_pool_size,
+                    local_hostname=settings.ehlo_host,
                 )
             )
         return routes

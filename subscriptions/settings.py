@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
+import socket
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -44,6 +47,31 @@ from subscriptions.errors import ConfigurationError
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "changeme", "secret", "dev"})
 MIN_SECRET_LENGTH = 32
 SECRET_FILE_NAME = "mailmag.secret"  # noqa: S105 (a file name)
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _address_literal(value: str) -> bool:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 4.1.3)."""
+    if not (value.startswith("[") and value.endswith("]")):
+        return False
+    inner = value[1:-1]
+    try:
+        if inner[:5].lower() == "ipv6:":
+            ipaddress.IPv6Address(inner[5:])
+        else:
+            ipaddress.IPv4Address(inner)
+    except ValueError:
+        return False
+    return True
+
+
+@cache
+def _machine_name() -> str:
+    """This machine's fully qualified name, looked up once (it may ask the resolver)."""
+    return socket.getfqdn()
 
 
 class Environment(StrEnum):
@@ -117,6 +145,13 @@ class Settings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_timeout: Annotated[float, Field(gt=0)] = 30.0
+    ehlo_name: str | None = Field(
+        default=None,
+        description="The name mailmag gives the relay in EHLO (a fully qualified host name, "
+        "or an address literal such as [192.0.2.1]); unset = this machine's fully qualified "
+        "name, or the sender address's domain when the machine has none. Relays refuse or "
+        "score short names such as the bare host name.",
+    )
     capture_smtp_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=1025, description="Port of the local capture server (0: pick a free one)."
     )
@@ -271,6 +306,15 @@ class Settings(BaseSettings):
             raise ValueError("must be a single line without control characters")
         return value
 
+    @field_validator("ehlo_name")
+    @classmethod
+    def _host_name(cls, value: str | None) -> str | None:
+        if value is None or _HOST_NAME.fullmatch(value) or _address_literal(value):
+            return value
+        raise ValueError(
+            "must be a host name (mail.example.com) or an address literal ([192.0.2.1])"
+        )
+
     @model_validator(mode="after")
     def _production_needs_real_parts(self) -> Self:
         if self.environment is Environment.production:
@@ -310,6 +354,17 @@ class Settings(BaseSettings):
         return self.sender_address.rpartition("@")[2] or "localhost"
 
     @property
+    def ehlo_host(self) -> str:
+        """What EHLO says: the setting, this machine's fully qualified name, or the sender's
+        domain (RFC 5321 4.1.1.1 asks for the client's FQDN or an address literal)."""
+        if self.ehlo_name:
+            return self.ehlo_name
+        machine = _machine_name()
+        if "." in machine and not machine.startswith("localhost"):
+            return machine
+        return self.sender_domain
+
+    @property
     def origin(self) -> str:
         """The web origin of ``base_url`` (scheme, host, port), as browsers send it."""
         url = urlsplit(str(self.base_url))
@@ -335,6 +390,7 @@ class Settings(BaseSettings):
                 tls=TLSMode.none,
                 timeout=self.smtp_timeout,
                 pool_size=self.smtp_pool_size,
+                local_hostname=self.ehlo_host,
             )
         return SMTPRelay(
             host=self.smtp_host,
@@ -344,6 +400,7 @@ class Settings(BaseSettings):
             password=self.smtp_password.get_secret_value() if self.smtp_password else None,
             timeout=self.smtp_timeout,
             pool_size=self.smtp_pool_size,
+            local_hostname=self.ehlo_host,
         )
 
     def resolved_secret(self) -> bytes:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from subscriptions import settings as settings_module
 from subscriptions.errors import ConfigurationError
 from subscriptions.settings import load_settings
 
@@ -106,3 +108,94 @@ def test_links_follow_the_listening_port_unless_a_public_url_is_set(
     assert str(load_settings(_env_file=None).base_url) == "http://127.0.0.1:8151/"
     monkeypatch.setenv("MAILMAG_BASE_URL", "https://news.example.com")
     assert str(load_settings(_env_file=None).base_url) == "https://news.example.com/"
+
+
+@pytest.mark.parametrize(
+    ("machine", "expected"),
+    [
+        ("mta1.example.net", "mta1.example.net"),  # the machine's fully qualified name
+        ("vm", "example.co.jp"),  # a short host name: the sender's domain instead
+        ("localhost", "example.co.jp"),
+        ("localhost.localdomain", "example.co.jp"),
+    ],
+)
+def test_ehlo_name_defaults_to_a_fully_qualified_name(
+    monkeypatch: pytest.MonkeyPatch, machine: str, expected: str
+) -> None:
+    """Issue 21 item 12: EHLO gave the short host name, which relays refuse or score."""
+    monkeypatch.setattr(settings_module, "_machine_name", lambda: machine)
+    settings = load_settings(
+        _env_file=None, sender_address="news@example.co.jp", smtp_host="relay.example.net"
+    )
+    assert settings.smtp_relay().local_hostname == expected
+    assert (
+        load_settings(_env_file=None, sender_address="news@example.co.jp")
+        .smtp_relay(capture_port=2525)
+        .local_hostname
+        == expected
+    )
+
+
+@pytest.mark.parametrize("name", ["mail.example.jp", "[192.0.2.1]", "[IPv6:2001:db8::1]"])
+def test_ehlo_name_can_be_set(name: str) -> None:
+    settings = load_settings(_env_file=None, ehlo_name=name, smtp_host="relay.example.net")
+    assert settings.smtp_relay().local_hostname == name
+
+
+@pytest.mark.parametrize(
+    "name", ["two words", "mail.example.jp\r\nMAIL FROM:<x@y>", "[1.2.3]", "-x"]
+)
+def test_a_bad_ehlo_name_is_refused(name: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"^MAILMAG_EHLO_NAME: must be a host name"):
+        load_settings(_env_file=None, ehlo_name=name)
+
+
+def test_the_relay_hears_the_ehlo_name() -> None:
+    """The setting reaches the SMTP conversation, not only the relay's config."""
+    import asyncio
+
+    from aiosmtpd.controller import Controller
+
+    from mailer.capture import LOOPBACK, free_port
+    from mailer.transport import Envelope, Outcome, SMTPTransport
+
+    heard: list[str] = []
+
+    class Handler:
+        async def handle_EHLO(  # noqa: N802 (aiosmtpd hook name)
+            self,
+            server: Any,
+            session: Any,
+            envelope: Any,
+            hostname: str,
+            responses: list[str],
+        ) -> list[str]:
+            heard.append(hostname)
+            session.host_name = hostname  # aiosmtpd leaves it to a handler that answers EHLO
+            return responses
+
+        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            return "250 OK"
+
+    controller = Controller(Handler(), hostname=LOOPBACK, port=free_port())
+    controller.start()
+    try:
+        settings = load_settings(
+            _env_file=None,
+            ehlo_name="mta1.example.jp",
+            smtp_host=LOOPBACK,
+            smtp_port=controller.port,
+            smtp_tls="none",
+        )
+        transport = SMTPTransport(settings.smtp_relay())
+
+        async def send() -> Outcome:
+            message = b"From: a@example.jp\r\nTo: b@example.jp\r\nSubject: x\r\n\r\nhi\r\n"
+            result = await transport.send(Envelope("a@example.jp", "b@example.jp", message))
+            await transport.close()
+            return result.outcome
+
+        assert asyncio.run(send()) is Outcome.sent
+    finally:
+        controller.stop()
+    assert heard == ["mta1.example.jp"]
