@@ -4,17 +4,23 @@ The tree::
 
     MailerError                  anything the sending engine refuses or cannot do
     ├── TransportError           a message could not be handed to the SMTP relay
-    │   ├── TemporaryFailure     4xx reply, timeout or lost connection: retry later
-    │   └── PermanentFailure     5xx reply: do not retry this recipient
+    │   ├── SMTPReplyError       the relay answered a step with a code the step does not expect
+    │   ├── SMTPProtocolError    the relay said something that is not SMTP (an over-long line,
+    │   │                        an endless reply, garbage): the connection is thrown away
+    │   ├── RelayUnsuitable      the relay lacks what the settings require (STARTTLS, an AUTH
+    │   │   │                    mechanism mailmag speaks)
+    │   │   └── InsecureRelay    credentials would cross an unencrypted session: never sent
+    │   └── MessageTooLarge      the message is over the SIZE the relay announced (RFC 1870)
     ├── TemplateRefused          an issue template breaks a sandbox or budget rule
     ├── NotCompliant             a message would lack the footer or headers the law requires
     ├── HeaderInjection          a header value carries a line break or control character
     ├── InvalidTransition        an issue cannot move from its status to the one asked for
     └── TestSendLimited          a staff member or an issue has had its test sends for now
 
-Transports report per-recipient outcomes as values (``SendResult``), not exceptions, so a
-batch never fails as a whole; the exceptions are for callers that send one message and want
-to stop on failure (test sends, confirmation mail).
+The SMTP clients (``mailer.smtp``, ``mailer.aiosmtplib_client``) raise the transport errors; the
+pooled transport (``mailer.transport``) turns them, with the network's own errors (``OSError``,
+``TimeoutError``, ``ssl.SSLError``), into per-recipient outcomes as values (``SendResult``), so
+a batch never fails as a whole.
 """
 
 from __future__ import annotations
@@ -32,12 +38,36 @@ class TransportError(MailerError):
         self.code = code
 
 
-class TemporaryFailure(TransportError):
-    """Worth retrying later: 4xx, timeout, refused or dropped connection."""
+class SMTPReplyError(TransportError):
+    """The relay answered a step with a code the step does not expect."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code} {message}", code=code)
+        self.code: int = code
+        self.message = message
 
 
-class PermanentFailure(TransportError):
-    """Not worth retrying: the relay answered 5xx for this recipient."""
+class SMTPProtocolError(TransportError):
+    """The relay said something that is not SMTP; the connection cannot be trusted."""
+
+
+class RelayUnsuitable(TransportError):
+    """The relay does not offer what the settings require (STARTTLS, an AUTH mechanism)."""
+
+
+class InsecureRelay(RelayUnsuitable):
+    """Credentials would be sent over a session that is not encrypted; they never are."""
+
+
+class MessageTooLarge(TransportError):
+    """The message is larger than the relay said it accepts (EHLO SIZE, RFC 1870)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the message is {size} bytes and the relay accepts at most {limit} (SIZE)", code=552
+        )
+        self.size = size
+        self.limit = limit
 
 
 class TemplateRefused(MailerError):

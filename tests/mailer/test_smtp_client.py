@@ -1,5 +1,6 @@
-"""The lean SMTP client against a real SMTP server (aiosmtpd), with and without PIPELINING:
-dots stuffed, line ends made CRLF, refusals reset the session, AUTH works."""
+"""The lean SMTP client itself against a real SMTP server (aiosmtpd), with and without
+PIPELINING: dots stuffed, line ends made CRLF, refusals reset the session. What every client
+keeps (TLS, AUTH, refusals at each step, disconnects) is in test_transport_contract.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from mailer.smtp import SMTPConnection, SMTPProtocolError, SMTPReplyError
-from mailer.transport import Envelope, Outcome, SMTPRelay, SMTPTransport
+from mailer.errors import SMTPProtocolError, SMTPReplyError
+from mailer.smtp import SMTPConnection
 from tests.support.smtp import SMTPSink
 
 
@@ -61,28 +62,6 @@ async def test_an_internationalised_address_uses_smtputf8(sink: SMTPSink) -> Non
     await client.send("a@example.com", "山田@例え.jp", b"Subject: x\r\n\r\nx\r\n")
     await client.quit()
     assert sink.wait_for(1)[0].rcpt_tos == ("山田@例え.jp",)
-
-
-async def test_auth_plain_against_a_relay_that_requires_it() -> None:
-    relay = SMTPSink(password="right")
-    relay.start()
-    try:
-        good = SMTPTransport(
-            SMTPRelay(host=relay.host, port=relay.port, username="u", password="right")
-        )
-        bad = SMTPTransport(
-            SMTPRelay(host=relay.host, port=relay.port, username="u", password="wrong")
-        )
-        envelope = Envelope("a@example.com", "b@example.org", b"Subject: x\r\n\r\nx\r\n")
-        assert (await good.send(envelope)).outcome is Outcome.sent
-        refused = await bad.send(envelope)  # a wrong password is no fault of the recipient's
-        assert refused.outcome is Outcome.deferred
-        assert refused.code == 535
-        await good.close()
-        await bad.close()
-    finally:
-        relay.stop()
-    assert len(relay.received) == 1
 
 
 @pytest.mark.parametrize("greeting", ["²²0 ready", "22 ready", "220x ready"])

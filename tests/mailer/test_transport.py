@@ -1,36 +1,30 @@
-"""The SMTP transport against a real aiosmtpd server: outcomes per recipient, by type."""
+"""The pooled SMTP transport against a real aiosmtpd server: what the pool itself does
+(reuse, its bound, a relay that is not there, the CA file), for both clients. How each
+outcome is classified is the contract's (test_transport_contract.py)."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
 from mailer.capture import free_port
-from mailer.transport import Envelope, Outcome, SMTPRelay, SMTPTransport
+from mailer.transport import Envelope, Outcome, SMTPClient, SMTPRelay, SMTPTransport
 from tests.support.smtp import SMTPSink
 
 MESSAGE = b"From: news@example.com\r\nTo: {to}\r\nSubject: Hello\r\n\r\nBody line\r\n.dot line\r\n"
+CLIENTS = [SMTPClient.lean, SMTPClient.aiosmtplib]
 
 
 def envelope(to: str) -> Envelope:
     return Envelope("bounce@example.com", to, MESSAGE.replace(b"{to}", to.encode()))
 
 
-@pytest.fixture
-def transport(smtp_server: SMTPSink) -> SMTPTransport:
-    return SMTPTransport(SMTPRelay(host=smtp_server.host, port=smtp_server.port, pool_size=2))
-
-
-async def test_accepted_message_arrives_intact(
-    transport: SMTPTransport, smtp_server: SMTPSink
-) -> None:
-    result = await transport.send(envelope("alice@example.org"))
-    await transport.close()
-    assert result.outcome is Outcome.sent
-    [received] = smtp_server.received
-    assert received.rcpt_tos == ("alice@example.org",)
-    assert received.mail_from == "bounce@example.com"
-    assert received.message()["Subject"] == "Hello"
-    assert b"\r\n.dot line\r\n" in received.data  # dot-stuffing undone by the server
+@pytest.fixture(params=CLIENTS, ids=[c.value for c in CLIENTS])
+def transport(request: pytest.FixtureRequest, smtp_server: SMTPSink) -> SMTPTransport:
+    return SMTPTransport(
+        SMTPRelay(host=smtp_server.host, port=smtp_server.port, pool_size=2, client=request.param)
+    )
 
 
 async def test_a_transparent_message_arrives_byte_for_byte(
@@ -46,63 +40,7 @@ async def test_a_transparent_message_arrives_byte_for_byte(
     assert result.outcome is Outcome.sent
     [received] = smtp_server.received
     assert received.data == message
-
-
-async def test_refused_recipient_fails_and_the_next_one_still_goes(
-    transport: SMTPTransport, smtp_server: SMTPSink
-) -> None:
-    smtp_server.refuse("gone@example.org", "550 5.1.1 No such user")
-    refused = await transport.send(envelope("gone@example.org"))
-    accepted = await transport.send(envelope("bob@example.org"))
-    await transport.close()
-    assert refused.outcome is Outcome.failed
-    assert refused.code == 550
-    assert "No such user" in refused.reply
-    assert accepted.outcome is Outcome.sent
-    assert [r.rcpt_tos for r in smtp_server.received] == [("bob@example.org",)]
-
-
-async def test_temporary_refusal_is_deferred(
-    transport: SMTPTransport, smtp_server: SMTPSink
-) -> None:
-    smtp_server.refuse("busy@example.org", "451 4.3.0 Try again later")
-    result = await transport.send(envelope("busy@example.org"))
-    await transport.close()
-    assert result.outcome is Outcome.deferred
-    assert result.code == 451
-
-
-async def test_data_rejections_are_classified_by_code(
-    transport: SMTPTransport, smtp_server: SMTPSink
-) -> None:
-    smtp_server.fail_data("452 4.3.1 Insufficient storage")
-    smtp_server.fail_data("554 5.7.1 Rejected as spam")
-    first = await transport.send(envelope("a@example.org"))
-    second = await transport.send(envelope("b@example.org"))
-    third = await transport.send(envelope("c@example.org"))
-    await transport.close()
-    assert (first.outcome, first.code) == (Outcome.deferred, 452)
-    assert (second.outcome, second.code) == (Outcome.failed, 554)
-    assert third.outcome is Outcome.sent
-
-
-async def test_dropped_connection_defers_and_a_fresh_connection_is_used(
-    transport: SMTPTransport, smtp_server: SMTPSink
-) -> None:
-    smtp_server.drop_data()
-    dropped = await transport.send(envelope("a@example.org"))
-    after = await transport.send(envelope("b@example.org"))
-    await transport.close()
-    assert dropped.outcome is Outcome.deferred
-    assert after.outcome is Outcome.sent
-    assert [r.rcpt_tos for r in smtp_server.received] == [("b@example.org",)]
-
-
-async def test_unreachable_relay_defers() -> None:
-    transport = SMTPTransport(SMTPRelay(host="127.0.0.1", port=free_port(), timeout=2))
-    result = await transport.send(envelope("a@example.org"))
-    assert result.outcome is Outcome.deferred
-    assert result.code is None
+    assert received.mail_from == "bounce@example.com"
 
 
 async def test_connections_are_reused(transport: SMTPTransport, smtp_server: SMTPSink) -> None:
@@ -111,3 +49,29 @@ async def test_connections_are_reused(transport: SMTPTransport, smtp_server: SMT
     assert len(transport._idle) == 1  # one persistent connection served all five
     await transport.close()
     assert len(smtp_server.received) == 5
+    assert smtp_server.commands.count("EHLO") == 1
+
+
+async def test_no_more_sessions_than_the_pool_allows(
+    transport: SMTPTransport, smtp_server: SMTPSink
+) -> None:
+    smtp_server.delay = 0.05
+    results = await asyncio.gather(
+        *(transport.send(envelope(f"r{n}@example.org")) for n in range(8))
+    )
+    await transport.close()
+    assert {r.outcome for r in results} == {Outcome.sent}
+    assert smtp_server.commands.count("EHLO") == 2  # pool_size sessions, each reused
+
+
+@pytest.mark.parametrize("client", CLIENTS, ids=[c.value for c in CLIENTS])
+async def test_a_relay_that_is_not_there_is_unavailable(client: SMTPClient) -> None:
+    transport = SMTPTransport(
+        SMTPRelay(host="127.0.0.1", port=free_port(), timeout=2, client=client)
+    )
+    result = await transport.send(envelope("a@example.org"))
+    assert result.outcome is Outcome.unavailable
+    assert result.code is None
+    assert "connect call failed" in result.reply.lower()
+    assert not transport.ready
+    await transport.close()
