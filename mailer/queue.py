@@ -97,14 +97,15 @@ def claim(
     lease: timedelta,
     processors: Collection[str] = (),
     pulled: bool = False,
+    own_relay: bool = True,
 ) -> list[Claim]:
     """Claim up to ``limit`` due rows of sending issues: for a sending worker (``pulled``
-    false) those sent by our own relay or one of ``processors``; for a pulling processor only
-    its own. On PostgreSQL the rows are locked ``FOR UPDATE SKIP LOCKED`` as they are found,
-    so concurrent claimers take different rows; on SQLite the transaction holds the write
-    lock from its start."""
+    false) those sent by our own relay (unless ``own_relay`` is false: it is away) or one of
+    ``processors``; for a pulling processor only its own. On PostgreSQL the rows are locked
+    ``FOR UPDATE SKIP LOCKED`` as they are found, so concurrent claimers take different rows;
+    on SQLite the transaction holds the write lock from its start."""
     now = utcnow()
-    statements = _SELECTS[(pulled, engine.dialect.name == "postgresql")]
+    statements = _SELECTS[(pulled or not own_relay, engine.dialect.name == "postgresql")]
     found: list[int] = []
     with for_writing(engine).begin() as conn:
         sending = conn.execute(
@@ -226,8 +227,9 @@ def renew(engine: Engine, claims: Iterable[Claim], *, worker: str, lease: timede
 
 
 def release(engine: Engine, claims: Iterable[Claim]) -> None:
-    """Give claimed rows back untouched, to be claimed again at once (the issue was paused
-    while they waited, or the worker stopped before sending them)."""
+    """Give claimed rows back untouched, no attempt counted, to be claimed again at once (the
+    issue was paused while they waited, the worker stopped before sending them, or their
+    relay was away)."""
     params = [{"b_id": c.delivery_id, "b_fence": c.fence} for c in claims]
     if not params:
         return

@@ -32,6 +32,10 @@ back to the queue.
 A message that cannot be composed fails that delivery alone, with a reason that holds no
 personal data; a template refused while sending also pauses its issue, with the reason for
 staff, and so does an issue that can no longer be prepared (a processor's contract ended).
+
+A relay that takes no session (its circuit is open, ``mailer.circuit``) gets its claims back
+untouched with the batch's unsent ones, no attempt counted, and no new work until its probe
+succeeds; a processor's route has its own circuit.
 """
 
 from __future__ import annotations
@@ -485,6 +489,12 @@ class DeliveryWorker:
     # --- the lease ---------------------------------------------------------------------------
 
     async def _claim(self) -> _Batch | None:
+        # No work for a relay whose circuit is open (mailer.circuit): its rows wait, unclaimed,
+        # for its probe to succeed or for another worker whose relay is up.
+        own_relay = self.transport.ready
+        routes = tuple(key for key, route in self.routes.items() if route.ready)
+        if not own_relay and not routes:
+            return None
         began = self.clock()
         claims = await asyncio.to_thread(
             queue.claim,
@@ -492,7 +502,8 @@ class DeliveryWorker:
             worker=self.config.name,
             limit=self.config.batch,
             lease=self.config.lease,
-            processors=tuple(self.routes),
+            processors=routes,
+            own_relay=own_relay,
         )
         if not claims:
             return None
@@ -727,6 +738,8 @@ class DeliveryWorker:
             return Result(claim, DeliveryStatus.sent, sent.code, sent.reply)
         if sent.outcome is Outcome.failed:
             return Result(claim, DeliveryStatus.failed, sent.code, sent.reply)
+        if sent.outcome is Outcome.unavailable:  # the relay's failure, not the recipient's:
+            return None  # given back with the batch's unsent claims, no attempt counted
         return self._deferred(claim, state.issue.started_at, sent.code, sent.reply)
 
     def _deferred(

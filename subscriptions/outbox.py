@@ -3,7 +3,12 @@
 Rows are claimed in small batches under a lease, so several web processes never send the
 same mail twice while all are alive; each row's state changes only after the relay's reply is
 known (sent, or retried with backoff on a temporary failure, or failed on a permanent one).
-``OutboxSender.run`` loops in the web process, woken at once when a request queues a mail.
+A relay that takes no session (``Outcome.unavailable``: its circuit is open) is not the mail's
+fault: the batch's rows are given back due at once, no attempt counted, nothing is claimed
+while the relay is away, and the loop looks again every ``RELAY_WAIT`` seconds, so system
+mail resumes within about a second of the relay's return (``mailer.circuit`` logs the
+episode). ``OutboxSender.run`` loops in the web process, woken at once when a request queues
+a mail.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 8
 BATCH = 50
 LEASE = timedelta(minutes=5)
+RELAY_WAIT = 0.5  # seconds between looks while the relay's circuit is open
 
 
 _MAILS = table_of(SystemMail)
@@ -61,6 +67,9 @@ _DEFERRED = (
         last_error=bindparam("reply"),
     )
 )
+
+
+_RELEASED = update(_MAILS).where(*_QUEUED).values(next_attempt_at=bindparam("now"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +137,25 @@ class OutboxSender:
                 {"mail": mail_id, "next": now + _backoff(attempts), "reply": reply[:500]},
             )
 
+    def _release(self, mails: list[Claimed]) -> None:
+        """Claimed mails due again at once, their attempts untouched (the relay is away)."""
+        now = utcnow()
+        with for_writing(self.engine).begin() as conn:
+            conn.execute(_RELEASED, [{"mail": mail.id, "now": now} for mail in mails])
+
     async def deliver_due(self) -> int:
-        """Send every mail that is due now; return how many were attempted."""
+        """Send every mail that is due now; return how many were attempted (none while the
+        relay is away)."""
+        if not self.transport.ready:
+            return 0
         mails = await asyncio.to_thread(self._due)
-        for mail in mails:
+        for index, mail in enumerate(mails):
             result = await self.transport.send(
                 Envelope(self.return_path, mail.recipient, mail.message)
             )
+            if result.outcome is Outcome.unavailable:  # the circuit logged it, once
+                await asyncio.to_thread(self._release, mails[index:])
+                return index
             if result.outcome is not Outcome.sent:
                 log.warning("system mail %s %s: %s", mail.id, result.outcome, result.reply)
             await asyncio.to_thread(self._record, mail.id, result.outcome, result.reply)
@@ -150,7 +171,7 @@ class OutboxSender:
             except Exception:  # keep the loop alive; the rows stay queued for the next turn
                 log.exception("outbox delivery failed")
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(idle_seconds):
+                async with asyncio.timeout(idle_seconds if self.transport.ready else RELAY_WAIT):
                     await self.wake.wait()
             self.wake.clear()
 

@@ -7,10 +7,20 @@ import asyncio
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from mailer.transport import Envelope, MemoryTransport, Outcome, SendResult
+from mailer.clock import utcnow
+from mailer.transport import (
+    Envelope,
+    MemoryTransport,
+    Outcome,
+    SendResult,
+    SMTPClient,
+    SMTPRelay,
+    SMTPTransport,
+)
 from subscriptions.db import for_writing
 from subscriptions.models import SystemMail, SystemMailStatus
 from subscriptions.outbox import OutboxSender
+from tests.support.smtp import SMTPSink
 
 
 def queue_mails(engine: Engine, count: int) -> None:
@@ -61,3 +71,42 @@ def test_a_temporary_failure_is_retried_later_and_a_permanent_one_gives_up(engin
     assert mails["p0@example.org"].attempts == 1
     assert mails["p0@example.org"].last_error == "try later"
     assert mails["p1@example.org"].status is SystemMailStatus.failed
+
+
+def test_mail_waits_for_a_relay_that_is_away_without_counting_attempts(engine: Engine) -> None:
+    """A relay that takes no session is not the mails' fault: they stay due, their attempts
+    untouched, nothing is claimed while its circuit is open, and they go when it is back."""
+    queue_mails(engine, 3)
+    relay = SMTPSink()
+    relay.start()
+    relay.stop()
+    transport = SMTPTransport(
+        SMTPRelay(host=relay.host, port=relay.port, client=SMTPClient.aiosmtplib)
+    )
+    sender = OutboxSender(engine, transport, "bounce@example.com")
+
+    def mails() -> list[SystemMail]:
+        with Session(engine) as session:
+            return list(session.exec(select(SystemMail)).all())
+
+    async def scenario() -> tuple[int, int, int]:
+        away = await sender.deliver_due()
+        held = mails()
+        assert [(m.status, m.attempts) for m in held] == [(SystemMailStatus.queued, 0)] * 3
+        assert all(m.next_attempt_at <= utcnow() for m in held)  # due again at once
+        still_away = await sender.deliver_due()  # the circuit is open: nothing claimed
+        relay.restart()
+        for _ in range(100):
+            if transport.ready:
+                break
+            await asyncio.sleep(0.05)
+        back = await sender.deliver_due()
+        await transport.close()
+        return away, still_away, back
+
+    try:
+        assert asyncio.run(scenario()) == (0, 0, 3)
+    finally:
+        relay.stop()
+    assert [(m.status, m.attempts) for m in mails()] == [(SystemMailStatus.sent, 1)] * 3
+    assert len(relay.received) == 3
