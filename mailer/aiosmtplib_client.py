@@ -28,7 +28,7 @@ from mailer.errors import (
     SMTPProtocolError,
     SMTPReplyError,
 )
-from mailer.smtp import Reply
+from mailer.smtp import NO_CREDENTIALS_IN_CLEAR, Reply, SessionOptions
 
 
 def _translate(exc: aiosmtplib.SMTPException) -> NoReturn:
@@ -44,16 +44,7 @@ def _translate(exc: aiosmtplib.SMTPException) -> NoReturn:
 
 
 @dataclass
-class AiosmtplibConnection:
-    host: str
-    port: int
-    timeout: float = 30.0
-    implicit_tls: bool = False
-    starttls: bool = False
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    local_hostname: str = "localhost"
-    tls_context: ssl.SSLContext | None = field(default=None, repr=False)
+class AiosmtplibConnection(SessionOptions):
     data_sent: bool = False  # the last transaction got as far as DATA (it may have arrived)
     _smtp: aiosmtplib.SMTP | None = field(default=None, repr=False)
 
@@ -107,10 +98,7 @@ class AiosmtplibConnection:
     @staticmethod
     async def _login(smtp: aiosmtplib.SMTP, username: str, password: str) -> None:
         if smtp.get_transport_info("sslcontext") is None:
-            raise InsecureRelay(
-                "refusing to send the relay's credentials over an unencrypted session "
-                "(use STARTTLS or implicit TLS)"
-            )
+            raise InsecureRelay(NO_CREDENTIALS_IN_CLEAR)
         mechanisms = smtp.server_auth_methods
         if "plain" in mechanisms:
             await smtp.auth_plain(username, password)

@@ -39,10 +39,12 @@ from mailer.errors import (
 __all__ = [
     "MAX_LINE",
     "MAX_REPLY_LINES",
+    "NO_CREDENTIALS_IN_CLEAR",
     "Reply",
     "SMTPConnection",
     "SMTPProtocolError",
     "SMTPReplyError",
+    "SessionOptions",
     "make_transparent",
 ]
 
@@ -70,7 +72,10 @@ class Reply:
 
 
 @dataclass
-class SMTPConnection:
+class SessionOptions:
+    """How a session to the relay is opened: what every client (this one, aiosmtplib's) is
+    told. ``tls_context`` verifies the relay (the system's store when none is given)."""
+
     host: str
     port: int
     timeout: float = 30.0
@@ -80,6 +85,16 @@ class SMTPConnection:
     password: str | None = field(default=None, repr=False)
     local_hostname: str = "localhost"
     tls_context: ssl.SSLContext | None = field(default=None, repr=False)
+
+
+NO_CREDENTIALS_IN_CLEAR = (
+    "refusing to send the relay's credentials over an unencrypted session "
+    "(use STARTTLS or implicit TLS)"
+)
+
+
+@dataclass
+class SMTPConnection(SessionOptions):
     extensions: dict[str, str] = field(default_factory=dict)
     data_sent: bool = False  # the last transaction wrote its message (it may have arrived)
     _encrypted: bool = field(default=False, repr=False)
@@ -142,10 +157,7 @@ class SMTPConnection:
 
     async def _login(self, username: str, password: str) -> None:
         if not self._encrypted:
-            raise InsecureRelay(
-                "refusing to send the relay's credentials over an unencrypted session "
-                "(use STARTTLS or implicit TLS)"
-            )
+            raise InsecureRelay(NO_CREDENTIALS_IN_CLEAR)
         mechanisms = self.extensions.get("AUTH", "").upper().split()
         if "PLAIN" in mechanisms:
             token = base64.b64encode(f"\0{username}\0{password}".encode()).decode()

@@ -123,7 +123,7 @@ def create_app(
                 engine=runtime.engine,
                 audience=runtime.audience,
                 preparer=runtime.preparer,
-                transport=runtime.transport,
+                transport=runtime.system_transport,  # test sends: system mail's client
                 operator=operator_of,
                 test_sends=StoreTestSends(
                     runtime.engine,

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from mailer.clock import utcnow
 from mailer.columns import UTCDateTime
+from mailer.signing import DKIMSigner
 from mailer.transport import Envelope, Outcome, Transport
 from subscriptions.db import for_writing, table_of
 from subscriptions.models import SystemMail, SystemMailStatus
@@ -84,10 +85,21 @@ def _backoff(attempts: int) -> timedelta:
 
 
 class OutboxSender:
-    def __init__(self, engine: Engine, transport: Transport, return_path: str) -> None:
+    """``signer``: DKIM-signs each mail as it leaves (in a worker thread), so the stored copy
+    stays as rendered and the signature's time is the sending's."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        transport: Transport,
+        return_path: str,
+        *,
+        signer: DKIMSigner | None = None,
+    ) -> None:
         self.engine = engine
         self.transport = transport
         self.return_path = return_path
+        self.signer = signer
         self.wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -150,9 +162,10 @@ class OutboxSender:
             return 0
         mails = await asyncio.to_thread(self._due)
         for index, mail in enumerate(mails):
-            result = await self.transport.send(
-                Envelope(self.return_path, mail.recipient, mail.message)
-            )
+            message = mail.message
+            if self.signer is not None:
+                message = await asyncio.to_thread(self.signer.sign, message)
+            result = await self.transport.send(Envelope(self.return_path, mail.recipient, message))
             if result.outcome is Outcome.unavailable:  # the circuit logged it, once
                 await asyncio.to_thread(self._release, mails[index:])
                 return index

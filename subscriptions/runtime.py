@@ -106,8 +106,14 @@ class Runtime:
             self.capture = None
 
     def transport(self) -> Transport:
+        """A transport for issues (the lean client unless MAILMAG_SMTP_ISSUE_CLIENT says)."""
         capture_port = self.capture.port if self.capture is not None else None
         return SMTPTransport(self.settings.smtp_relay(capture_port=capture_port))
+
+    def system_transport(self) -> Transport:
+        """A transport for system mail and test sends: aiosmtplib, to the same relay."""
+        capture_port = self.capture.port if self.capture is not None else None
+        return SMTPTransport(self.settings.smtp_relay(capture_port=capture_port, system=True))
 
     def inbound_handler(self) -> InboundHandler:
         feedback = self.feedback()
@@ -149,6 +155,7 @@ class Runtime:
                     timeout=settings.smtp_timeout,
                     pool_size=settings.smtp_pool_size,
                     local_hostname=settings.ehlo_host,
+                    client=settings.smtp_issue_client,
                 )
             )
         return routes
@@ -199,7 +206,12 @@ class Runtime:
     async def start_loops(self, *, delivery: bool = True) -> None:
         """Start the loops of the process: the system-mail outbox always; with ``delivery``
         also a delivery worker and the scheduler (which runs only while this process leads)."""
-        self.outbox = OutboxSender(self.engine, self.transport(), self.settings.sender_address)
+        self.outbox = OutboxSender(
+            self.engine,
+            self.system_transport(),
+            self.settings.sender_address,
+            signer=dkim_signer(self.settings),
+        )
         self._tasks.append(asyncio.create_task(self.outbox.run(), name="outbox"))
         if delivery:
             self.worker = self.delivery_worker()

@@ -41,7 +41,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from mailer.private_files import private_directory, write_private
-from mailer.transport import SMTPRelay, TLSMode
+from mailer.transport import SMTPClient, SMTPRelay, TLSMode
 from subscriptions.errors import ConfigurationError
 
 PLACEHOLDER_SECRETS = frozenset({"", "changethis", "change-me", "changeme", "secret", "dev"})
@@ -152,6 +152,19 @@ class Settings(BaseSettings):
         "name, or the sender address's domain when the machine has none. Relays refuse or "
         "score short names such as the bare host name.",
     )
+    smtp_ca_file: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates the relay's certificate must chain to, "
+        "instead of the system's (a relay with a private CA); unset = the system's store. "
+        "The certificate and its host name are always verified.",
+    )
+    smtp_issue_client: SMTPClient = Field(
+        default=SMTPClient.lean,
+        description="The SMTP client that sends issues: lean (mailer/smtp.py, several times "
+        "cheaper a message) or aiosmtplib, for a relay the lean one does not suit. System "
+        "mail (confirmations, privacy-request mails, test sends) always goes through "
+        "aiosmtplib.",
+    )
     capture_smtp_port: Annotated[int, Field(ge=0, le=65535)] = Field(
         default=1025, description="Port of the local capture server (0: pick a free one)."
     )
@@ -172,7 +185,8 @@ class Settings(BaseSettings):
         "time: enough of them hide the relay's round trips.",
     )
     dkim_private_key_file: Path | None = Field(
-        default=None, description="PEM RSA key; when set, every issue message is DKIM-signed."
+        default=None,
+        description="PEM RSA key; when set, issues, test sends and system mail are DKIM-signed.",
     )
     dkim_selector: str = "mailmag"
     dkim_domain: str | None = Field(default=None, description="Unset = the sender's domain.")
@@ -315,6 +329,22 @@ class Settings(BaseSettings):
             "must be a host name (mail.example.com) or an address literal ([192.0.2.1])"
         )
 
+    @field_validator("smtp_ca_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _no_credentials_in_clear(self) -> Self:
+        if self.smtp_username is not None and self.smtp_tls is TLSMode.none:
+            raise ValueError(
+                "smtp_username: credentials are never sent over an unencrypted session; "
+                "set MAILMAG_SMTP_TLS to starttls or tls"
+            )
+        return self
+
     @model_validator(mode="after")
     def _production_needs_real_parts(self) -> Self:
         if self.environment is Environment.production:
@@ -381,16 +411,21 @@ class Settings(BaseSettings):
         """True when no relay is set: outgoing mail goes to the local capture server."""
         return self.smtp_host is None
 
-    def smtp_relay(self, *, capture_port: int | None = None) -> SMTPRelay:
-        """The relay outgoing mail goes through (the capture server when none is set)."""
+    def smtp_relay(self, *, capture_port: int | None = None, system: bool = False) -> SMTPRelay:
+        """The relay outgoing mail goes through (the capture server when none is set): for
+        issues with ``smtp_issue_client``; for system mail (``system``) with aiosmtplib and
+        two connections (the outbox sends one mail at a time)."""
+        client = SMTPClient.aiosmtplib if system else self.smtp_issue_client
+        pool_size = 2 if system else self.smtp_pool_size
         if self.smtp_host is None:
             return SMTPRelay(
                 host="127.0.0.1",
                 port=capture_port or self.capture_smtp_port,
                 tls=TLSMode.none,
                 timeout=self.smtp_timeout,
-                pool_size=self.smtp_pool_size,
+                pool_size=pool_size,
                 local_hostname=self.ehlo_host,
+                client=client,
             )
         return SMTPRelay(
             host=self.smtp_host,
@@ -399,8 +434,10 @@ class Settings(BaseSettings):
             username=self.smtp_username,
             password=self.smtp_password.get_secret_value() if self.smtp_password else None,
             timeout=self.smtp_timeout,
-            pool_size=self.smtp_pool_size,
+            pool_size=pool_size,
             local_hostname=self.ehlo_host,
+            client=client,
+            ca_file=str(self.smtp_ca_file) if self.smtp_ca_file else None,
         )
 
     def resolved_secret(self) -> bytes:

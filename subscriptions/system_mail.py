@@ -2,8 +2,9 @@
 
 ``SystemMailer.queue`` renders a mail from ``templates/mail/<kind>.txt`` and ``.html`` in the
 person's language and stores it in the ``system_mail`` outbox in the caller's transaction;
-the outbox sender (``subscriptions.outbox``) delivers it afterwards. So the answer to a
-sign-up never waits on SMTP, and a mail is never promised that is not durably queued.
+the outbox sender (``subscriptions.outbox``) delivers it afterwards, through aiosmtplib, and
+DKIM-signs it as it leaves when a key is set. So the answer to a sign-up never waits on SMTP,
+and a mail is never promised that is not durably queued.
 
 These mails contain nothing the visitor typed except the address itself: a "name" field full
 of spam must never reach the person whose address was entered.

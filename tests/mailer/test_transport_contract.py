@@ -143,22 +143,26 @@ async def test_every_envelope_is_answered_and_arrives_intact(
 # --- sessions: TLS, AUTH, HELO ----------------------------------------------------------------
 
 
-async def test_starttls_with_auth_plain(
-    client: SMTPClient, serve: Serve, certificates: Certificates
+@pytest.mark.parametrize(
+    ("tls", "mechanism"),
+    [
+        (TLSMode.starttls, "PLAIN"),
+        (TLSMode.starttls, "LOGIN"),
+        (TLSMode.tls, "PLAIN"),
+        (TLSMode.tls, "LOGIN"),
+    ],
+)
+async def test_tls_with_auth(
+    client: SMTPClient, serve: Serve, certificates: Certificates, tls: TLSMode, mechanism: str
 ) -> None:
     server = serve(
-        tls="starttls",
+        tls=tls.value,
         context=certificates.server_context(),
         password="right",
-        mechanisms=("PLAIN",),
+        mechanisms=(mechanism,),
     )
     transport = transport_to(
-        server,
-        client,
-        tls=TLSMode.starttls,
-        ca_file=certificates.ca_file,
-        username="u",
-        password="right",
+        server, client, tls=tls, ca_file=certificates.ca_file, username="u", password="right"
     )
     result = await transport.send(envelope())
     await transport.close()
@@ -166,27 +170,9 @@ async def test_starttls_with_auth_plain(
     [received] = server.received
     assert (received.tls, received.login) == (True, "u")
     assert received.data == MESSAGE
-
-
-async def test_implicit_tls_with_auth_login(
-    client: SMTPClient, serve: Serve, certificates: Certificates
-) -> None:
-    server = serve(
-        tls="tls", context=certificates.server_context(), password="right", mechanisms=("LOGIN",)
+    assert server.commands.index("AUTH") > server.commands.index(
+        "STARTTLS" if tls is TLSMode.starttls else "EHLO"
     )
-    transport = transport_to(
-        server,
-        client,
-        tls=TLSMode.tls,
-        ca_file=certificates.ca_file,
-        username="u",
-        password="right",
-    )
-    result = await transport.send(envelope())
-    await transport.close()
-    assert result.outcome is Outcome.sent, result
-    [received] = server.received
-    assert (received.tls, received.login) == (True, "u")
 
 
 @pytest.mark.parametrize("tls", [TLSMode.starttls, TLSMode.tls])

@@ -30,6 +30,7 @@ from sqlmodel import Session, col, func, select
 
 from mailer.clock import utcnow
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
+from mailer.retry import RetryPolicy
 from mailer.transport import SMTPRelay, SMTPTransport
 from mailer.worker import DeliveryWorker, WorkerConfig
 from subscriptions.db import for_writing
@@ -84,7 +85,7 @@ async def send_through_an_outage(
         runtime.preparer,
         transport,
         runtime.delivery_tokens,
-        WorkerConfig(batch=200, per_second=600, first_retry=FIRST_RETRY),
+        WorkerConfig(batch=200, per_second=600, retry=RetryPolicy(first=FIRST_RETRY)),
     )
     task = asyncio.create_task(worker.run())
     figures: dict[str, float] = {}

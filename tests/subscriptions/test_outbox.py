@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+from pathlib import Path
 
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -17,9 +23,12 @@ from mailer.transport import (
     SMTPRelay,
     SMTPTransport,
 )
+from subscriptions.app import create_app
 from subscriptions.db import for_writing
 from subscriptions.models import SystemMail, SystemMailStatus
 from subscriptions.outbox import OutboxSender
+from subscriptions.settings import Settings
+from tests.subscriptions.test_optin_flow import subscribe
 from tests.support.smtp import SMTPSink
 
 
@@ -110,3 +119,35 @@ def test_mail_waits_for_a_relay_that_is_away_without_counting_attempts(engine: E
         relay.stop()
     assert [(m.status, m.attempts) for m in mails()] == [(SystemMailStatus.sent, 1)] * 3
     assert len(relay.received) == 3
+
+
+def test_a_confirmation_mail_is_dkim_signed_when_a_key_is_set(
+    settings: Settings, engine: Engine, smtp_server: SMTPSink, tmp_path: Path
+) -> None:
+    """The mails that most need to arrive (issue 21 item 8), verified with dkimpy."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = tmp_path / "dkim.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signed = settings.model_copy(update={"dkim_private_key_file": key_file, "dkim_selector": "mm"})
+    with TestClient(create_app(signed, engine=engine)) as client:
+        assert subscribe(client, "reader@example.org").status_code == 200
+        [received] = smtp_server.wait_for(1)
+
+    def dns(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"mm._domainkey.example.com."  # the sender's domain
+        return b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
+
+    assert received.data.startswith(b"DKIM-Signature:")
+    assert dkim.verify(received.data, dnsfunc=dns)
+    assert not dkim.verify(
+        received.data.replace(b"reader@example.org", b"other@example.org"), dnsfunc=dns
+    )

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mailer.transport import SMTPClient
 from subscriptions import settings as settings_module
 from subscriptions.errors import ConfigurationError
 from subscriptions.settings import load_settings
@@ -199,3 +200,24 @@ def test_the_relay_hears_the_ehlo_name() -> None:
     finally:
         controller.stop()
     assert heard == ["mta1.example.jp"]
+
+
+def test_relay_credentials_are_refused_without_tls() -> None:
+    with pytest.raises(ConfigurationError, match=r"^MAILMAG_SMTP_USERNAME: .*unencrypted"):
+        load_settings(_env_file=None, smtp_host="relay.example", smtp_tls="none", smtp_username="u")
+
+
+def test_the_relays_ca_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"^MAILMAG_SMTP_CA_FILE: .*not a readable file"):
+        load_settings(_env_file=None, smtp_ca_file=str(tmp_path / "missing.pem"))
+
+
+def test_system_mail_goes_through_aiosmtplib_and_issues_as_set(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n", encoding="ascii")
+    settings = load_settings(_env_file=None, smtp_host="relay.example", smtp_ca_file=str(ca))
+    issues, system = settings.smtp_relay(), settings.smtp_relay(system=True)
+    assert (issues.client, system.client) == (SMTPClient.lean, SMTPClient.aiosmtplib)
+    assert issues.ca_file == system.ca_file == str(ca)
+    chosen = load_settings(_env_file=None, smtp_issue_client="aiosmtplib")
+    assert chosen.smtp_relay().client is SMTPClient.aiosmtplib
