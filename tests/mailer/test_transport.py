@@ -7,9 +7,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from mailer.capture import free_port
+from mailer.models import Issue
+from mailer.smtp import make_transparent
 from mailer.transport import Envelope, Outcome, SMTPClient, SMTPRelay, SMTPTransport
+from subscriptions.db import for_writing
+from subscriptions.runtime import Runtime
+from tests.mailer.test_sending import drain, seed, worker_for
 from tests.support.smtp import SMTPSink
 
 MESSAGE = b"From: news@example.com\r\nTo: {to}\r\nSubject: Hello\r\n\r\nBody line\r\n.dot line\r\n"
@@ -75,3 +83,28 @@ async def test_a_relay_that_is_not_there_is_unavailable(client: SMTPClient) -> N
     assert "connect call failed" in result.reply.lower()
     assert not transport.ready
     await transport.close()
+
+
+def test_an_issue_sent_through_aiosmtplib_arrives_as_composed(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    """MAILMAG_SMTP_ISSUE_CLIENT=aiosmtplib: the worker's messages (quoted-printable, a dot
+    that would begin a line written =2E) arrive whole, to every recipient."""
+    runtime: Runtime = app.state.runtime
+    issue_id, people = seed(app, engine, 3)
+    with Session(for_writing(engine)) as session:
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+        issue.html_body = "<p>Hello {{ subscriber.name }}</p><p>.a dot</p>"
+        session.add(issue)
+        session.commit()
+    runtime.start_issue(issue_id)
+    worker = worker_for(app, engine, smtp_server)
+    worker.transport = SMTPTransport(
+        SMTPRelay(host=smtp_server.host, port=smtp_server.port, client=SMTPClient.aiosmtplib)
+    )
+    asyncio.run(drain(worker))
+    assert sorted(r.rcpt_tos[0] for r in smtp_server.received) == sorted(p.email for p in people)
+    for received in smtp_server.received:
+        assert make_transparent(received.data) == received.data  # nothing for DATA to change
+        assert received.message()["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
