@@ -5,9 +5,16 @@ dependency) looks the matched route up and refuses what the rule does not allow;
 missing from the table is refused to everyone (and ``tests/subscriptions/test_access.py``
 fails on it). Rules:
 
-- ``PUBLIC``: anyone (sign-up, health). ``LINK``: anyone holding a subscriber's link token in
-  the path; the route checks the token. ``PROCESSOR``, ``WEBHOOK``, ``METRICS``: a machine
-  credential, provider signature or scraper token that the route checks itself.
+- ``PUBLIC``: anyone (sign-up, health). ``LINK``: anyone holding one of the person's own
+  link tokens in the path, a signed link that mailmag mailed to the person alone; the route
+  checks the token. ``MESSAGE_LINK``: that, or the delivery token an issue's message carries
+  (``mailer.verp``). A processor receives that token, and it sits in Return-Path,
+  Message-ID and List-Unsubscribe, so every relay on the way sees it: it may unsubscribe
+  (its job) and open the page that offers to mail the person a fresh preferences link, and
+  nothing else. Every other link route refuses it before its body is read, so it never
+  reads the person's data, changes it, or grants a consent in their name.
+  ``PROCESSOR``, ``WEBHOOK``, ``METRICS``: a machine credential, provider signature or
+  scraper token that the route checks itself.
 - ``LOGIN``: the login pages. ``SECOND_FACTOR``: a session that passed the password but not
   yet the TOTP code (or must still enrol one).
 - ``staff(roles)``: staff in one of ``roles``, with a personal API token (``Bearer mm_…``) or
@@ -46,6 +53,7 @@ from subscriptions.tokens import Action
 class Rule:
     kind: str
     roles: frozenset[StaffRole] = frozenset()
+    message_token: bool = False  # a link rule that also takes a message's delivery token
 
     def admits(self, role: StaffRole) -> bool:
         return role in self.roles
@@ -53,6 +61,7 @@ class Rule:
 
 PUBLIC = Rule("public")
 LINK = Rule("link")
+MESSAGE_LINK = Rule("link", message_token=True)
 PROCESSOR = Rule("processor")
 WEBHOOK = Rule("webhook")
 METRICS = Rule("metrics")
@@ -88,15 +97,16 @@ TABLE: dict[str, Rule] = {
     "POST /api/v1/subscribe": PUBLIC,
     "GET /confirm/{token}": LINK,
     "POST /confirm/{token}": LINK,
-    "GET /preferences/{token}": LINK,
+    "GET /preferences/{token}": MESSAGE_LINK,
+    "POST /preferences/{token}/link": MESSAGE_LINK,
     "POST /preferences/{token}": LINK,
     "POST /preferences/{token}/export": LINK,
     "POST /preferences/{token}/erase": LINK,
     "POST /preferences/{token}/request": LINK,
     "GET /erase/{token}": LINK,
     "POST /erase/{token}": LINK,
-    "GET /u/{token}": LINK,
-    "POST /u/{token}": LINK,
+    "GET /u/{token}": MESSAGE_LINK,
+    "POST /u/{token}": MESSAGE_LINK,
     "GET /verify/{token}": LINK,
     "POST /verify/{token}": LINK,
     "GET /disclosure/{token}": LINK,
@@ -241,22 +251,33 @@ LINK_ACTIONS = {
 }
 
 
-def _check_link(request: Request, path: str) -> None:
+def _check_link(request: Request, path: str, rule: Rule) -> None:
     """A link route's token must be genuine for the page's action (its expiry and subject
-    are the route's to check); a forged one is refused before the body is even read. An
-    unsubscribe link's check is all there is to it (no age applies), so its reading is kept
-    for the route (``unsubscribe_link``) instead of being done twice."""
+    are the route's to check); a forged one is refused before the body is even read, and so
+    is a message's delivery token on a route whose rule does not take it. An unsubscribe
+    link's check is all there is to it (no age applies), so its reading is kept for the
+    route (``unsubscribe_link``) instead of being done twice."""
     token = str(request.path_params.get("token", ""))
     action = LINK_ACTIONS[path.split("{", 1)[0]]
     runtime = get_runtime(request)
     if len(token) == TOKEN_LENGTH and runtime.delivery_tokens.read(token) == TEST_DELIVERY:
         raise TestLink(action.value)  # from a test message: the page says so, nothing happens
+    request.state.from_message = False
     if action is Action.unsubscribe:
         request.state.unsubscribe_link = runtime.optin.unsubscribe_link(token)
+        request.state.from_message = request.state.unsubscribe_link.delivery_id is not None
         return
     if action is Action.preferences and len(token) == TOKEN_LENGTH:
         if runtime.delivery_tokens.read(token) is None:
             raise BadToken(N_("This link is not valid."))
+        if not rule.message_token:
+            raise BadToken(
+                N_(
+                    "A link from a magazine can only unsubscribe you or send you a link to "
+                    "your preferences. Please use the link we mail you."
+                )
+            )
+        request.state.from_message = True
         return
     runtime.links.signer.read(action, token)
 
@@ -269,7 +290,7 @@ async def authorize(request: Request) -> None:
     if rule is None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "this route is not in the access table")
     if rule.kind == "link":
-        _check_link(request, path or "")
+        _check_link(request, path or "", rule)
     if rule.kind not in ("staff", "second_factor"):
         return
     # The session or token is looked up in a worker thread: never a database call on the loop.
@@ -294,6 +315,12 @@ def unsubscribe_link(request: Request) -> UnsubscribeLink:
     """The checked token of an unsubscribe route, as ``authorize`` read it."""
     link: UnsubscribeLink = request.state.unsubscribe_link
     return link
+
+
+def from_message(request: Request) -> bool:
+    """Whether a link route was opened with the delivery token a message carries (which a
+    processor and every relay has held) rather than one of the person's own links."""
+    return bool(getattr(request.state, "from_message", False))
 
 
 def login_redirect_target(target: str) -> str:

@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-from sqlalchemy import bindparam, delete, true
+from sqlalchemy import bindparam, delete, func, true
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -50,6 +50,7 @@ from subscriptions.models import (
     Subscription,
     SubscriptionStatus,
     Suppression,
+    SystemMail,
     localised,
 )
 from subscriptions.notice import NoticeBook, record_notice
@@ -58,6 +59,11 @@ from subscriptions.profile import PROFILE, Phone, ProfileText
 from subscriptions.registry import Registry
 from subscriptions.system_mail import OutgoingMail, SystemMailer
 from subscriptions.tokens import Action, new_token_key
+
+# Fresh preferences links mailed to one person a day at most, however often a message's
+# "manage your preferences" page is asked: enough for a mail lost to a spam folder, too few
+# for a holder of many delivery tokens (a processor) to flood people with them.
+PREFERENCES_LINK_MAILS = 3
 
 
 class SignUpRequest(BaseModel):
@@ -561,21 +567,32 @@ class OptIn:
     def subscriber_for(
         self, session: Session, action: Action, token: str
     ) -> tuple[Subscriber, str]:
-        """The subscriber a valid link names, and its scope; ``BadToken`` otherwise."""
-        if len(token) == TOKEN_LENGTH and action in (Action.unsubscribe, Action.preferences):
-            return self._delivery_subject(session, action, token)
+        """The subscriber a valid link names, and its scope; ``BadToken`` otherwise. A
+        message's delivery token names its recipient for unsubscribing only: for any other
+        action it is refused here too, whatever route asks (``message_recipient`` is the
+        one reading of it for the page that offers a fresh preferences link)."""
+        if len(token) == TOKEN_LENGTH:
+            if action is not Action.unsubscribe:
+                raise BadToken(N_("This link is not valid."))
+            return self._delivery_subject(session, token)
         key, scope = self.links.read(action, token)
         subscriber = session.exec(select(Subscriber).where(Subscriber.token_key == key)).first()
         if subscriber is None:
             raise BadToken(N_("This link is no longer valid."))
         return subscriber, scope
 
+    def message_recipient(self, session: Session, token: str) -> Subscriber:
+        """The recipient of the message whose "manage your preferences" link carries
+        ``token``, for mailing them a fresh link: good as long as a preferences link."""
+        subscriber, _slug = self._delivery_subject(session, token, max_age=Action.preferences)
+        return subscriber
+
     def _delivery_subject(
-        self, session: Session, action: Action, token: str
+        self, session: Session, token: str, max_age: Action = Action.unsubscribe
     ) -> tuple[Subscriber, str]:
         """The recipient of the delivery an issue's link names (its only identifier), and the
-        magazine it came from. Unsubscribe links last as long as the delivery is kept;
-        preference links as long as any preference link."""
+        magazine it came from; the link lasts as long as ``max_age``'s links (unsubscribe
+        links as long as the delivery is kept)."""
         delivery_id = self.deliveries.read(token)
         row = None
         if delivery_id is not None:
@@ -593,12 +610,37 @@ class OptIn:
         )
         if subscriber is None:
             raise BadToken(N_("This link is no longer valid."))
-        if action is Action.preferences:
-            age = utcnow() - (delivery.sent_at or delivery.next_attempt_at)
-            if age > self.links.max_age(Action.preferences):
-                raise BadToken(N_("This link has expired."))
-            return subscriber, ""
+        if utcnow() - (delivery.sent_at or delivery.next_attempt_at) > self.links.max_age(max_age):
+            raise BadToken(N_("This link has expired."))
         return subscriber, slug
+
+    def mail_preferences_link(self, session: Session, subscriber: Subscriber) -> bool:
+        """Queue a fresh preferences link to the person's own address, in the session's
+        transaction; False (nothing queued) when ``PREFERENCES_LINK_MAILS`` went to them in
+        the last day already. The count is the outbox's own rows (kept a week after
+        sending), so it holds across processes and restarts."""
+        since = utcnow() - timedelta(days=1)
+        sent = session.exec(
+            select(func.count())
+            .select_from(SystemMail)
+            .where(SystemMail.recipient == subscriber.email)
+            .where(SystemMail.kind == "preferences_link")
+            .where(col(SystemMail.created_at) >= since)
+        ).one()
+        if sent >= PREFERENCES_LINK_MAILS:
+            return False
+        locale = subscriber.locale
+        self.mailer.queue(
+            session,
+            "preferences_link",
+            recipient=subscriber.email,
+            locale=locale,
+            subject=N_("Your link to your preferences"),
+            address=subscriber.email,
+            preferences_url=self.links.url(Action.preferences, subscriber, lang=locale),
+            days=self.links.max_age(Action.preferences).days,
+        )
+        return True
 
     def unsubscribe_link(self, token: str) -> UnsubscribeLink:
         """What an unsubscribe link's token says, checked without the database (its

@@ -20,7 +20,7 @@ from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 
-from subscriptions.access import unsubscribe_link
+from subscriptions.access import from_message, unsubscribe_link
 from subscriptions.consent import Evidence
 from subscriptions.db import for_writing
 from subscriptions.deps import RuntimeDep, SessionDep
@@ -443,6 +443,9 @@ def preferences_page(
     saved: bool = False,
 ) -> Response:
     locale = locale_of(request, lang)
+    if from_message(request):  # a processor and every relay has held this token
+        runtime.optin.message_recipient(session, token)  # BadToken when it names no one
+        return page(runtime, request, "pages/preferences_link.html", locale, {"token": token})
     subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
     return preferences_form(runtime, request, session, subscriber, token, locale, saved=saved)
 
@@ -538,6 +541,45 @@ def _preferences_submit(
             )
     return RedirectResponse(
         f"/preferences/{token}?lang={locale}&saved=1", status_code=status.HTTP_303_SEE_OTHER
+    )
+
+
+@router.post("/preferences/{token}/link", response_class=HTMLResponse)
+def mail_preferences_link(
+    token: Token, request: Request, runtime: RuntimeDep, session: SessionDep, lang: Lang = None
+) -> Response:
+    """Mail the person a fresh preferences link, to their own address: what a message's
+    "manage your preferences" link leads to (see ``access.MESSAGE_LINK``)."""
+    locale = locale_of(request, lang)
+    _ = gettext_for(locale)
+    if from_message(request):
+        subscriber = runtime.optin.message_recipient(session, token)
+    else:
+        subscriber, _scope = runtime.optin.subscriber_for(session, Action.preferences, token)
+    if not runtime.optin.mail_preferences_link(session, subscriber):
+        return message(
+            runtime,
+            request,
+            locale,
+            _("Please try again later"),
+            _(
+                "We have sent you a link several times today already. Please look for it "
+                "in your inbox (and your spam folder), or try again tomorrow."
+            ),
+            status.HTTP_429_TOO_MANY_REQUESTS,
+        )
+    session.commit()
+    runtime.wake_outbox()
+    return message(
+        runtime,
+        request,
+        locale,
+        _("Check your inbox"),
+        _(
+            "We have sent a link to your preferences to the address this magazine was "
+            "sent to. It works for %(days)d days."
+        )
+        % {"days": runtime.links.max_age(Action.preferences).days},
     )
 
 
@@ -669,9 +711,7 @@ async def unsubscribe_submit(
 
     try:
         link = unsubscribe_link(request)  # the token, as the access check read it
-        found = await runtime.commits.run_together_async(
-            runtime.optin.unsubscribe_all, (link, evidence)
-        )
+        await runtime.commits.run_together_async(runtime.optin.unsubscribe_all, (link, evidence))
     except BadToken as exc:
         if one_click is None:
             raise
@@ -679,12 +719,19 @@ async def unsubscribe_submit(
     request.app.state.metrics.count("unsubscribe", channel.value)
     if one_click is not None:
         return Response("unsubscribed", media_type="text/plain")
+    # What a message carries never leads to the person's own preferences link: a message's
+    # token leads to the page that offers to mail them one.
+    more: dict[str, Any] = {}
+    if link.delivery_id is not None:
+        more = {
+            "link": f"/preferences/{token}?lang={locale}",
+            "link_text": _("Manage your preferences"),
+        }
     return message(
         runtime,
         request,
         locale,
         _("You are unsubscribed"),
         _("You will receive no more mail of this kind. This took effect immediately."),
-        link=runtime.links.url(Action.preferences, found, lang=locale),
-        link_text=_("Manage your preferences"),
+        **more,
     )

@@ -2,8 +2,9 @@
 caller, answers as ``subscriptions.access.TABLE`` says, and the table covers every route.
 
 Callers: anonymous; each staff role with a personal API token and with a browser session;
-a session half-way through login; a subscriber holding their link tokens; a processor's
-machine credential; the metrics scraper; the feedback provider. "Admitted" means the answer
+a session half-way through login; a subscriber holding their link tokens; whoever holds what
+a message carries (its delivery token: a processor, every relay); a processor's machine
+credential; the metrics scraper; the feedback provider. "Admitted" means the answer
 is not 401, 403 or the login page (a 404 for a made-up id, a 422 for an empty body, are
 admissions: the caller got past the door). "Refused" means exactly those.
 
@@ -25,19 +26,30 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, func, select
 
 from mailer.models import Delivery
 from subscriptions import staff as accounts
 from subscriptions.access import TABLE, Rule, rule_for
 from subscriptions.auth import issue_token
 from subscriptions.db import for_writing
-from subscriptions.models import RequestChannel, RequestKind, StaffRole, StaffUser, Subscriber
+from subscriptions.models import (
+    ConsentEvent,
+    PrivacyRequest,
+    RequestChannel,
+    RequestKind,
+    StaffRole,
+    StaffUser,
+    Subscriber,
+    SystemMail,
+)
 from subscriptions.routes import captured
 from subscriptions.runtime import Runtime
 from subscriptions.tokens import Action
 from tests.conftest import METRICS_TOKEN, WEBHOOK_SECRET
 from tests.subscriptions.test_processor_api import credential, started_pull_issue
+from tests.support.pages import link_in, local, page_link
+from tests.support.smtp import SMTPSink
 
 # The capture viewer's routes, mounted only without an SMTP relay: read from its router, so
 # that the table's names for them cannot drift from the routes' (they once did: a 403).
@@ -100,9 +112,11 @@ def callers(app: FastAPI, engine: Engine) -> list[Caller]:
             "/disclosure/": links.signer.make(Action.disclosure, subscriber.token_key, "1"),
             "/verify/": links.signer.make(Action.verify, str(asked.id), asked.subject_digest),
         }
+    carried = runtime.delivery_tokens.make(delivery.id)
     result = [
         Caller("anonymous"),
         Caller("subscriber", {"Authorization": f"Bearer {tokens['/preferences/']}"}, tokens=tokens),
+        Caller("message holder", tokens={"/u/": carried, "/preferences/": carried}),
         Caller("processor", {"Authorization": f"Bearer {credential(engine, 'sakura-asia')}"}),
         Caller("scraper", {"Authorization": f"Bearer {METRICS_TOKEN}"}),
         Caller("provider"),
@@ -138,6 +152,8 @@ def admitted_by(rule: Rule, caller: Caller) -> bool:
     if rule.kind in ("public", "login"):
         return True
     if rule.kind == "link":
+        if caller.name == "message holder":
+            return rule.message_token
         return bool(caller.tokens)
     if rule.kind == "processor":
         return caller.name == "processor"
@@ -274,3 +290,118 @@ def test_cookie_calls_without_the_csrf_token_are_refused_on_every_changing_route
         tried += 1
     changing = [k for k, r in TABLE.items() if r.kind == "staff" and not k.startswith("GET ")]
     assert tried == len(changing)
+
+
+# What each /preferences/ route is sent in the checks below: a body that would read or change
+# the most (every consent granted, the profile rewritten, a disclosure asked for).
+PREFERENCE_BODIES: dict[str, dict[str, str]] = {
+    "POST /preferences/{token}": {
+        "magazines": "weekly",
+        "company": "Taken Over K.K.",
+        "joint_use": "yes",
+        "foreign_transfer": "yes",
+    },
+    "POST /preferences/{token}/request": {"kind": "disclosure", "text": "send it all"},
+}
+
+
+def _person_state(engine: Engine, person_id: int) -> tuple[object, ...]:
+    with Session(engine) as session:
+        person = session.get(Subscriber, person_id)
+        assert person is not None
+        events = session.exec(select(func.count()).select_from(ConsentEvent)).one()
+        asked = session.exec(select(func.count()).select_from(PrivacyRequest)).one()
+        mails = sorted(m.kind for m in session.exec(select(SystemMail)).all())
+        return person.company, person.name, events, asked, mails
+
+
+def message_token(app: FastAPI, engine: Engine) -> tuple[str, Subscriber]:
+    """The delivery token a message of a started issue carries, and its recipient."""
+    runtime: Runtime = app.state.runtime
+    issue_id, [person] = started_pull_issue(app, engine, 1)
+    with Session(engine) as session:
+        delivery = session.exec(select(Delivery).where(Delivery.issue_id == issue_id)).one()
+    return runtime.delivery_tokens.make(delivery.id or 0), person
+
+
+def test_a_messages_token_unsubscribes_and_offers_a_link_but_opens_nothing_else(
+    locked_app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    """Every /preferences/ route, with the delivery token a message carries and with the
+    person's own link: the first reads and changes nothing of theirs (it may only mail them a
+    fresh link), the second opens everything."""
+    runtime: Runtime = locked_app.state.runtime
+    carried, person = message_token(locked_app, engine)
+    own = runtime.links.token(Action.preferences, person)
+    routes = sorted(key for key in TABLE if " /preferences/" in key)
+    assert len(routes) >= 6
+    secrets_of_person = ("Secret Co 0", "Reader 0", person.email, "joint_use", "consent")
+    client = TestClient(locked_app)
+    before = _person_state(engine, person.id or 0)
+    opened = []
+    for key in routes:
+        method, template = key.split(" ", 1)
+        path = template.replace("{token}", carried)
+        answer = client.request(
+            method, path, data=PREFERENCE_BODIES.get(key), follow_redirects=False
+        )
+        leaked = [s for s in secrets_of_person if s in answer.text]
+        assert leaked == [], f"{key} with a message's token shows {leaked}"
+        if answer.status_code != 400:
+            opened.append(key)
+    assert opened == ["GET /preferences/{token}", "POST /preferences/{token}/link"]
+    company, name, events, asked, mails = _person_state(engine, person.id or 0)
+    assert (company, name, events, asked) == before[:4], "a message's token changed something"
+    assert mails == ["preferences_link"], "only the offered link is mailed"
+
+    # The offered link goes to the person's own address and is a real preferences link.
+    mail = smtp_server.wait_for(1)[0]
+    assert mail.rcpt_tos == (person.email,)
+    fresh = local(link_in(mail.message(), "/preferences/"))
+    assert carried not in fresh
+    page = client.get(fresh)
+    assert page.status_code == 200
+    assert "Secret Co 0" in page.text
+
+    # The person's own link opens every route (erasure last: it mails a confirmation).
+    for key in routes:
+        method, template = key.split(" ", 1)
+        path = template.replace("{token}", own)
+        answer = client.request(
+            method, path, data=PREFERENCE_BODIES.get(key), follow_redirects=False
+        )
+        assert answer.status_code in (200, 303), (
+            f"{key} with the person's link: {answer.status_code}"
+        )
+    assert "Taken Over K.K." in client.post(f"/preferences/{own}/export").text
+
+
+def test_unsubscribing_with_a_messages_token_leads_to_the_offer_not_to_preferences(
+    locked_app: FastAPI, engine: Engine
+) -> None:
+    carried, person = message_token(locked_app, engine)
+    client = TestClient(locked_app)
+    answer = client.post(f"/u/{carried}")
+    assert answer.status_code == 200
+    assert page_link(answer.text, "/preferences/").startswith(f"/preferences/{carried}?")
+    offer = client.get(f"/preferences/{carried}")
+    assert offer.status_code == 200
+    assert "Secret Co 0" not in offer.text
+    assert person.email not in offer.text
+
+
+def test_a_messages_token_mails_at_most_three_links_a_day(
+    locked_app: FastAPI, engine: Engine
+) -> None:
+    carried, person = message_token(locked_app, engine)
+    client = TestClient(locked_app)
+    answers = [client.post(f"/preferences/{carried}/link").status_code for _ in range(5)]
+    assert answers == [200, 200, 200, 429, 429]
+    with Session(engine) as session:
+        mailed = session.exec(
+            select(func.count())
+            .select_from(SystemMail)
+            .where(SystemMail.kind == "preferences_link")
+            .where(SystemMail.recipient == person.email)
+        ).one()
+    assert mailed == 3
