@@ -79,6 +79,7 @@ class IssuePublic(IssueBase):
     pause_reason: str | None = None
     complaints: int = 0
     hard_bounces: int = 0
+    blocks: int = 0
     queuing: bool = Field(
         default=False, description="Its recipients are still being queued (total still grows)."
     )

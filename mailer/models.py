@@ -67,6 +67,7 @@ class Issue(IssueBase, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     complaints: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     hard_bounces: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    blocks: int = Field(default=0, sa_column_kwargs={"server_default": "0"})  # 5.7.x refusals
     pause_reason: str | None = Field(default=None, max_length=300)
     expansion_cursor: int | None = Field(
         default=None,

@@ -150,25 +150,26 @@ def recent_issues(session: Session, limit: int = 20, locale: str = "en") -> list
 
 
 def feedback_rates(session: Session, lines: list[IssueLine]) -> Chart:
-    """Bounce and complaint rates of the issues that went out (oldest first)."""
+    """Hard-bounce, block and complaint rates of the issues that went out (oldest first).
+    Bounces and blocks are counted once each on the issue whether they came at sending or
+    later, out of every message that was tried; complaints out of those that arrived."""
     went = [line for line in reversed(lines) if line.counts.get("sent", 0)][-12:]
     issues = {
         i.id: i
         for i in session.exec(select(Issue).where(col(Issue.id).in_([w.id for w in went]))).all()
     }
-    bounce, complaint = [], []
+    bounce, block, complaint = [], [], []
     for line in went:
         sent = line.counts["sent"]
+        tried = sent + line.counts.get("failed", 0)
         issue = issues[line.id]
-        bounce.append(
-            (issue.hard_bounces + line.counts.get("failed", 0))
-            / (sent + line.counts.get("failed", 0))
-        )
+        bounce.append(issue.hard_bounces / tried)
+        block.append(issue.blocks / tried)
         complaint.append(issue.complaints / sent)
     return bar_chart(
-        "Bounce and complaint rates per issue",
+        "Bounce, block and complaint rates per issue",
         [f"#{line.id}" for line in went],
-        [Series("bounces", bounce), Series("complaints", complaint)],
+        [Series("bounces", bounce), Series("blocks", block), Series("complaints", complaint)],
         percent=True,
     )
 
@@ -177,6 +178,7 @@ def feedback_rates(session: Session, lines: list[IssueLine]) -> Chart:
 class Report:
     line: IssueLine
     hard_bounces: int
+    blocks: int
     complaints: int
     unsubscribes: int
     last_replies: list[tuple[int | None, str, int]]  # (code, reply, how many) of failures
@@ -216,6 +218,7 @@ def report(session: Session, issue: Issue, magazine: Magazine) -> Report:
     return Report(
         line=line,
         hard_bounces=issue.hard_bounces,
+        blocks=issue.blocks,
         complaints=issue.complaints,
         unsubscribes=unsubscribes,
         last_replies=[(code, reply or "", int(n)) for code, reply, n in failures],

@@ -3,8 +3,11 @@
 - a mailto unsubscribe ends the magazine the delivery was for;
 - a complaint ends every subscription and suppresses the address;
 - a hard bounce suppresses the address and marks the delivery failed;
+- a block (refused for policy or content, 5.7.x) suppresses nobody: it marks the delivery
+  failed and counts on the issue, for the brake and the report;
 - a soft bounce adds one to a score that halves every week; past
-  ``soft_bounce_threshold`` the address is suppressed;
+  ``soft_bounce_threshold`` the address is suppressed; one that says the message failed
+  for good (a 5.x.x status, such as a full mailbox) marks the delivery failed too;
 - auto-replies and anything unmatched change nothing.
 
 Each change of a subscription writes its consent event (channel ``mailto``, ``complaint``
@@ -18,7 +21,7 @@ from datetime import timedelta
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from mailer.brake import BrakePolicy, count_feedback
+from mailer.brake import COUNTED, BrakePolicy, count_feedback
 from mailer.clock import utcnow
 from mailer.feedback import Feedback, FeedbackKind
 from mailer.models import Delivery, DeliveryStatus, Issue
@@ -100,12 +103,9 @@ class StoreFeedback:
             return "the delivery's subscriber no longer exists: nothing changed"
         delivery, subscriber, magazine = found
         outcome = self._act(session, feedback, delivery, subscriber, magazine)
-        if feedback.kind in (FeedbackKind.complaint, FeedbackKind.hard_bounce):
+        if feedback.kind in COUNTED:
             braked = count_feedback(
-                session,
-                delivery_id=feedback.delivery_id,
-                complaint=feedback.kind is FeedbackKind.complaint,
-                policy=self.brake,
+                session, delivery_id=feedback.delivery_id, kind=feedback.kind, policy=self.brake
             )
             if braked:
                 outcome += f"; issue {delivery.issue_id} paused: {braked}"
@@ -144,12 +144,24 @@ class StoreFeedback:
                 channel=ConsentChannel.bounce,
                 note=feedback.detail,
             )
-            if delivery.status is DeliveryStatus.sent:
-                delivery.status = DeliveryStatus.failed
-                delivery.last_reply = f"bounced: {feedback.detail}"[:500]
-                session.add(delivery)
+            self._failed(session, delivery, feedback)
             return "hard bounce: suppressed"
+        if feedback.kind is FeedbackKind.blocked:
+            self._failed(session, delivery, feedback)
+            return (
+                f"blocked ({feedback.status or 'policy'}): counted on the issue, nobody suppressed"
+            )
+        if (feedback.status or "").startswith("5"):
+            self._failed(session, delivery, feedback)
         return self._soft_bounce(session, subscriber, feedback)
+
+    @staticmethod
+    def _failed(session: Session, delivery: Delivery, feedback: Feedback) -> None:
+        """A message that was sent but bounced for good did not arrive: the delivery failed."""
+        if delivery.status is DeliveryStatus.sent:
+            delivery.status = DeliveryStatus.failed
+            delivery.last_reply = f"bounced: {feedback.detail}"[:500]
+            session.add(delivery)
 
     def _soft_bounce(self, session: Session, subscriber: Subscriber, feedback: Feedback) -> str:
         now = utcnow()

@@ -129,6 +129,7 @@ class Runtime:
             BrakePolicy(
                 complaint_rate=settings.brake_complaint_rate,
                 bounce_rate=settings.brake_bounce_rate,
+                block_rate=settings.brake_block_rate,
                 min_deliveries=settings.brake_min_deliveries,
             ),
         )

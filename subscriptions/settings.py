@@ -202,6 +202,11 @@ class Settings(BaseSettings):
     )
     brake_complaint_rate: Annotated[float, Field(ge=0, le=1)] = 0.001
     brake_bounce_rate: Annotated[float, Field(ge=0, le=1)] = 0.05
+    brake_block_rate: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.02,
+        description="Share of an issue's messages refused for policy or content (5.7.x) "
+        "that pauses it.",
+    )
     brake_min_deliveries: Annotated[int, Field(ge=1)] = 1000
     processor_passwords: dict[str, SecretStr] = Field(
         default_factory=dict,

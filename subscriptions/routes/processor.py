@@ -36,10 +36,11 @@ from sqlmodel import Session, col, select
 
 from mailer import issues, queue
 from mailer.audience import Recipient
+from mailer.bounces import enhanced_status
 from mailer.clock import utcnow
 from mailer.columns import RowId
 from mailer.errors import MailerError
-from mailer.feedback import Feedback, FeedbackKind
+from mailer.feedback import Feedback, FeedbackKind, bounce
 from mailer.messages import compose_each, pause_reason
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Claim, Result
@@ -238,7 +239,13 @@ class OutcomeAnswer(BaseModel):
     ignored: list[str] = Field(description="Tokens not claimed by you or no longer open.")
 
 
-_FEEDBACK = {"bounced": FeedbackKind.hard_bounce, "complained": FeedbackKind.complaint}
+def _later_feedback(delivery_id: int | None, outcome: Outcome) -> Feedback:
+    """A bounce or complaint a processor reports after sending; a bounce is read by its
+    enhanced status like any other (``mailer.bounces``): a 5.7.1 suppresses no one."""
+    if outcome.status == "complained":
+        return Feedback(FeedbackKind.complaint, delivery_id, outcome.reply)
+    status = enhanced_status(outcome.reply)
+    return bounce(delivery_id, outcome.reply, status, permanent=True)
 
 
 @router.post("/outcomes")
@@ -274,13 +281,11 @@ def report_outcomes(runtime: RuntimeDep, party: Party, body: OutcomeReport) -> O
                     status.HTTP_403_FORBIDDEN,
                     f"the retention period for issue {issue.id} has ended",
                 )
-            if outcome.status in _FEEDBACK:
+            if outcome.status in ("bounced", "complained"):
                 if delivery.status is not DeliveryStatus.sent:
                     ignored.append(outcome.token)
                     continue
-                feedback.apply_in(
-                    session, Feedback(_FEEDBACK[outcome.status], delivery.id, outcome.reply)
-                )
+                feedback.apply_in(session, _later_feedback(delivery.id, outcome))
                 recorded += 1
                 continue
             if delivery.status is not DeliveryStatus.sending or delivery.lease_owner != worker:

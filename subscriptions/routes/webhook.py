@@ -2,9 +2,14 @@
 
 ``POST /api/v1/feedback/webhook`` with a JSON body::
 
-    {"id": "evt-123", "type": "hard_bounce" | "soft_bounce" | "complaint" | "unsubscribe",
+    {"id": "evt-123",
+     "type": "hard_bounce" | "soft_bounce" | "blocked" | "complaint" | "unsubscribe",
      "token": "<the delivery token>"  or  "return_path": "bounce+<token>@<bounce domain>",
      "detail": "550 5.1.1 user unknown"}
+
+A bounce whose ``detail`` holds an RFC 3463 enhanced status is read by that status, as
+every bounce is (``mailer.bounces``): a provider's "hard_bounce" for ``5.7.1`` (refused as
+spam) suppresses nobody, and its "soft_bounce" for ``5.1.1`` does.
 
 and two headers: ``X-Mailmag-Timestamp`` (Unix seconds) and ``X-Mailmag-Signature``, the hex
 HMAC-SHA256 of ``"<timestamp>.<raw body>"`` under ``MAILMAG_WEBHOOK_SECRET``. Requests more
@@ -28,7 +33,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from mailer.feedback import Feedback, FeedbackKind
+from mailer.bounces import enhanced_status
+from mailer.feedback import Feedback, FeedbackKind, bounce
 from mailer.transactions import for_writing
 from mailer.verp import TOKEN_LENGTH
 from subscriptions.deps import RuntimeDep
@@ -44,7 +50,7 @@ class FeedbackEvent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, max_length=100)
-    type: Literal["hard_bounce", "soft_bounce", "complaint", "unsubscribe"]
+    type: Literal["hard_bounce", "soft_bounce", "blocked", "complaint", "unsubscribe"]
     token: str | None = Field(default=None, max_length=64)
     return_path: str | None = Field(default=None, max_length=320)
     detail: str = Field(default="", max_length=500)
@@ -85,7 +91,11 @@ async def feedback_webhook(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, exc.errors()[0]["msg"]) from None
     token = event.token or _token_of(event.return_path or "")
     delivery_id = runtime.delivery_tokens.read(token) if token else None
-    feedback = Feedback(FeedbackKind(event.type), delivery_id, event.detail or "webhook")
+    detail = event.detail or "webhook"
+    feedback = Feedback(FeedbackKind(event.type), delivery_id, detail)
+    if event.type in ("hard_bounce", "soft_bounce"):
+        code = enhanced_status(event.detail)
+        feedback = bounce(delivery_id, detail, code, permanent=event.type == "hard_bounce")
     return await run_in_threadpool(_apply, runtime, event, feedback)
 
 

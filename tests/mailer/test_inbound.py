@@ -150,6 +150,43 @@ def test_a_delay_notice_scores_a_soft_bounce_and_enough_of_them_suppress(
     assert subscriptions[0].status is SubscriptionStatus.suppressed
 
 
+@pytest.mark.parametrize(
+    ("status", "diagnostic", "kind"),
+    [
+        ("5.7.1", "554 5.7.1 Message rejected as unsolicited bulk mail (spam)", "blocked"),
+        ("5.2.2", "552 5.2.2 Mailbox full: quota exceeded", "soft_bounce"),
+    ],
+)
+def test_a_spam_block_or_a_full_mailbox_never_suppresses_the_reader(
+    status: str,
+    diagnostic: str,
+    kind: str,
+    sent: dict[str, dict[str, str]],
+    inbound: int,
+    engine: Engine,
+) -> None:
+    address = "reader1@example.org"
+    return_path = sent[address]["return_path"]
+    dsn = sample(
+        "dsn.eml", recipient=address, return_path=return_path, status=status, diagnostic=diagnostic
+    )
+    deliver(inbound, return_path, dsn)
+    subscriber, subscriptions = person(engine, address)
+    assert suppression(engine, subscriber.address_digest) is None
+    assert [s.status for s in subscriptions] == [SubscriptionStatus.confirmed]
+    stored = last_inbound(engine)
+    assert (stored.status, stored.kind) == (InboundStatus.processed, kind)
+    with Session(engine) as session:
+        delivery = session.exec(
+            select(Delivery).where(Delivery.subscriber_id == subscriber.id)
+        ).one()
+        issue = session.get(Issue, delivery.issue_id)
+        assert issue is not None
+    assert delivery.status is DeliveryStatus.failed  # the message did not arrive
+    assert (issue.blocks, issue.hard_bounces) == ((1, 0) if kind == "blocked" else (0, 0))
+    assert subscriber.bounce_score == (0 if kind == "blocked" else pytest.approx(1.0, abs=0.01))
+
+
 def test_a_complaint_with_a_redacted_recipient_finds_its_person(
     sent: dict[str, dict[str, str]], inbound: int, engine: Engine
 ) -> None:
@@ -228,9 +265,14 @@ def test_only_addresses_it_owns_are_accepted(
 
 
 @pytest.mark.parametrize(
-    ("name", "reason"), [("arf-redacted.eml", "complaint rate"), ("gmail.eml", "hard-bounce rate")]
+    ("name", "reason"),
+    [
+        ("arf-redacted.eml", "complaint rate"),
+        ("gmail.eml", "hard-bounce rate"),
+        ("dsn.eml", "block rate"),
+    ],
 )
-def test_too_many_complaints_or_bounces_pause_a_running_issue(
+def test_too_many_complaints_bounces_or_blocks_pause_a_running_issue(
     name: str, reason: str, settings: Settings, engine: Engine, smtp_server: SMTPSink
 ) -> None:
     app = create_app(
@@ -253,6 +295,8 @@ def test_too_many_complaints_or_bounces_pause_a_running_issue(
             "return_path": first.mail_from,
             "message_id": str(message["Message-ID"]),
             "list_unsubscribe": " ".join(str(message["List-Unsubscribe"]).split()),
+            "status": "5.7.1",
+            "diagnostic": "550 5.7.1 Our system has detected that this message is spam",
         }
         target = f"abuse@{DOMAIN}" if name.startswith("arf") else first.mail_from
         deliver(port, target, sample(name, **values))

@@ -18,6 +18,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from mailer.models import Issue
 from subscriptions.app import create_app
 from subscriptions.models import Subscriber, Suppression, SuppressionReason, WebhookEvent
 from subscriptions.runtime import Runtime
@@ -90,6 +91,28 @@ def test_a_signed_hard_bounce_suppresses_and_a_replay_changes_nothing(
             (person.address_digest, SuppressionReason.hard_bounce)
         ]
         assert len(session.exec(select(WebhookEvent)).all()) == 1
+
+
+def test_a_providers_hard_bounce_for_a_spam_block_suppresses_no_one(
+    hook_client: TestClient, hooked: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    """The provider's label is not the relay's word: a 5.7.1 is read as the block it is."""
+    _address, return_path = sent_return_path(hooked, engine, smtp_server)
+    raw, headers = signed(
+        {
+            "id": "evt-spam",
+            "type": "hard_bounce",
+            "return_path": return_path,
+            "detail": "550 5.7.1 Message rejected as spam",
+        }
+    )
+    answer = hook_client.post("/api/v1/feedback/webhook", content=raw, headers=headers)
+    assert answer.status_code == 200
+    assert answer.json()["outcome"].startswith("blocked (5.7.1)")
+    with Session(engine) as session:
+        assert session.exec(select(Suppression)).all() == []
+        issue = session.exec(select(Issue)).one()
+    assert (issue.blocks, issue.hard_bounces) == (1, 0)
 
 
 @pytest.mark.parametrize("problem", ["bad signature", "stale", "wrong secret", "far future"])
