@@ -44,10 +44,9 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -59,7 +58,7 @@ from mailer import issues, queue
 from mailer.audience import Audience, IssueAudience, Recipient
 from mailer.compose import PreparedIssue
 from mailer.errors import MailerError
-from mailer.feedback import Feedback, FeedbackKind, FeedbackSink
+from mailer.feedback import FeedbackSink, refusal
 from mailer.messages import Composed, compose_each, pause_reason
 from mailer.models import DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Claim, Result
@@ -106,12 +105,15 @@ class WorkerConfig:
         return self.flush_every + self.connections
 
 
-_BAD_MAILBOX = re.compile(r"\b5\.1\.\d{1,3}\b")
-
-
-def is_bad_mailbox(code: int | None, reply: str) -> bool:
-    """A permanent refusal of the address itself (RFC 3463 5.1.x), not of the content."""
-    return code is not None and 500 <= code < 600 and bool(_BAD_MAILBOX.search(reply))
+def report_refusals(sink: FeedbackSink, results: Iterable[Result]) -> None:
+    """Each failed delivery, read as a bounce with its status would be (``mailer.bounces``):
+    a bad address (5.1.x, 5.2.1) suppresses, a full mailbox or a system fault scores, a
+    policy refusal (5.7.x) counts on the issue and suppresses no one."""
+    for result in results:
+        if result.status is DeliveryStatus.failed:
+            feedback = refusal(result.claim.delivery_id, result.code, result.reply)
+            if feedback is not None:
+                sink.apply(feedback)
 
 
 def describe(exc: BaseException) -> str:
@@ -674,14 +676,8 @@ class DeliveryWorker:
             log.warning("reporting bad mailboxes failed (%s)", describe(exc))
 
     def _report_bad_mailboxes(self, results: list[Result]) -> None:
-        """A 5xx that says the mailbox does not exist (5.1.x) is a hard bounce: suppress."""
-        if self.bounces is None:
-            return
-        for result in results:
-            if result.status is DeliveryStatus.failed and is_bad_mailbox(result.code, result.reply):
-                self.bounces.apply(
-                    Feedback(FeedbackKind.hard_bounce, result.claim.delivery_id, result.reply)
-                )
+        if self.bounces is not None:
+            report_refusals(self.bounces, results)
 
     def _stale(self, issue_id: int) -> bool:
         state = self._issues.get(issue_id)

@@ -46,6 +46,7 @@ from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from mailer.queue import Claim, Result
 from mailer.transactions import for_writing
 from mailer.verp import TOKEN_LENGTH
+from mailer.worker import report_refusals
 from subscriptions import parties
 from subscriptions.auth import credential_for_token
 from subscriptions.deps import RuntimeDep
@@ -309,6 +310,7 @@ def report_outcomes(runtime: RuntimeDep, party: Party, body: OutcomeReport) -> O
         _touch(session, party)
         session.commit()
     recorded += queue.record(runtime.engine, results)
+    report_refusals(feedback, results)  # a refusal at sending counts as the worker's do
     with Session(for_writing(runtime.engine)) as session:
         for issue_id in {r.claim.issue_id for r in results}:
             issues.finish_if_done(session, issue_id)

@@ -373,9 +373,10 @@ def test_pause_stops_new_transactions_within_two_seconds(
 def test_a_refusal_of_the_mailbox_suppresses_but_a_content_refusal_does_not(
     app: FastAPI, engine: Engine, smtp_server: SMTPSink
 ) -> None:
-    issue_id, people = seed(app, engine, 3)
+    issue_id, people = seed(app, engine, 4)
     smtp_server.refuse(people[0].email, "550 5.1.1 <x>: Recipient address rejected: User unknown")
     smtp_server.refuse(people[1].email, "554 5.7.1 Message rejected as spam")
+    smtp_server.refuse(people[2].email, "552 5.2.2 Mailbox full")
     runtime = runtime_of(app)
     start_issue(engine, runtime.audience, runtime.preparer, issue_id)
     worker = worker_for(app, engine, smtp_server)
@@ -383,7 +384,15 @@ def test_a_refusal_of_the_mailbox_suppresses_but_a_content_refusal_does_not(
     asyncio.run(drain(worker))
     with Session(engine) as session:
         suppressed = {s.address_digest: s.reason for s in session.exec(select(Suppression)).all()}
+        scores = {
+            p.email: p.bounce_score
+            for p in session.exec(select(Subscriber).order_by(col(Subscriber.id))).all()
+        }
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
     assert suppressed == {people[0].address_digest: SuppressionReason.hard_bounce}
+    assert [scores[p.email] for p in people[1:]] == [0, 1, 0]  # the full mailbox scores
+    assert (issue.hard_bounces, issue.blocks) == (1, 1)  # the spam block counts as a block
 
 
 def test_the_links_of_a_sent_message_carry_only_its_delivery_token_and_work(

@@ -150,6 +150,31 @@ def test_a_bounce_reported_later_suppresses_and_a_deferral_returns_to_the_queue(
     assert status_of(engine, issue_id) is IssueStatus.sending
 
 
+def test_a_processors_refusals_are_read_by_their_status_like_the_workers(
+    routed_app: FastAPI, engine: Engine, pull_client: TestClient
+) -> None:
+    """A bad address refused at sending suppresses; a spam block, at sending or reported
+    later, counts on the issue and suppresses no one."""
+    issue_id, _ = started_pull_issue(routed_app, engine, 3)
+    token = credential(engine, "sakura-asia")
+    unknown, spam, later = pull(pull_client, token).json()["deliveries"]
+    report = [
+        {"token": unknown["token"], "status": "failed", "code": 550, "reply": "550 5.1.1 no"},
+        {"token": spam["token"], "status": "failed", "code": 554, "reply": "554 5.7.1 spam"},
+        {"token": later["token"], "status": "sent", "code": 250},
+    ]
+    pull_client.post("/processor/v1/outcomes", json={"outcomes": report}, headers=auth(token))
+    bounce = [{"token": later["token"], "status": "bounced", "reply": "550 5.7.1 as spam"}]
+    pull_client.post("/processor/v1/outcomes", json={"outcomes": bounce}, headers=auth(token))
+    runtime: Runtime = routed_app.state.runtime
+    with Session(engine) as session:
+        suppressed = set(session.exec(select(Suppression.address_digest)).all())
+        issue = session.get(Issue, issue_id)
+        assert issue is not None
+    assert suppressed == {runtime.optin.hasher.digest(unknown["address"])}
+    assert (issue.hard_bounces, issue.blocks) == (1, 2)
+
+
 def test_the_credential_reaches_only_its_own_party_and_nothing_else(
     routed_app: FastAPI, engine: Engine, pull_client: TestClient
 ) -> None:
