@@ -119,7 +119,14 @@ class Delivery(SQLModel, table=True):
     lease_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
     fence: int = Field(default=0, description="Bumped on each claim; a stale worker's write loses.")
     last_code: int | None = None
-    last_reply: str | None = Field(default=None, max_length=500)
+    last_enhanced_status: str | None = Field(
+        default=None, max_length=16, description="The RFC 3463 status of the last failure."
+    )
+    last_reply: str | None = Field(
+        default=None,
+        max_length=500,
+        description="The relay's last reply, with addresses and tokens removed (mailer.redact).",
+    )
     sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
