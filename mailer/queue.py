@@ -8,6 +8,10 @@ still the one the worker claimed: a worker whose lease expired and whose rows we
 by another cannot overwrite the new owner's result. A worker renews the lease of the rows it
 still holds while it sends them (``renew``); rows of a crashed worker become claimable again
 when their lease runs out, and a worker's rows it did not send go back at once (``release``).
+
+A relay's reply is stored with its enhanced status (RFC 3463, for the report to group by)
+and with the addresses and tokens it quotes removed (``mailer.redact``): the report shows
+failures to people who may not see a person, and the row outlives an erasure.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from sqlalchemy import String, TextClause, bindparam, func, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mailer.bounces import enhanced_status
 from mailer.clock import utcnow
 from mailer.columns import UTCDateTime, stored_utc
 from mailer.models import Delivery, DeliveryStatus, Issue
+from mailer.redact import redact
 from mailer.transactions import for_writing
 
 # Due rows of one sending issue, one state at a time: each is an equality seek on the claim
@@ -144,15 +150,25 @@ def claim(
 _RECORD_ARRAYS = text("""
     UPDATE delivery AS d
     SET status = v.status, attempts = d.attempts + 1, last_code = v.code, last_reply = v.reply,
+        last_enhanced_status = v.enhanced,
         sent_at = CASE WHEN v.status = 'sent' THEN CAST(:now AS timestamp) END,
         next_attempt_at = COALESCE(v.next_at, CAST(:now AS timestamp)),
         lease_owner = NULL, lease_until = NULL
     FROM unnest(
         CAST(:ids AS integer[]), CAST(:fences AS integer[]), CAST(:statuses AS varchar[]),
-        CAST(:codes AS integer[]), CAST(:replies AS varchar[]), CAST(:nexts AS timestamp[])
-    ) AS v(id, fence, status, code, reply, next_at)
+        CAST(:codes AS integer[]), CAST(:replies AS varchar[]), CAST(:nexts AS timestamp[]),
+        CAST(:enhanced AS varchar[])
+    ) AS v(id, fence, status, code, reply, next_at, enhanced)
     WHERE d.id = v.id AND d.fence = v.fence AND d.status = 'sending'
 """)
+
+
+def _stored(result: Result) -> tuple[str | None, str | None]:
+    """The reply as stored (addresses and tokens removed) and its enhanced status."""
+    if not result.reply:
+        return None, None
+    failed = result.status is not DeliveryStatus.sent
+    return redact(result.reply)[:500], enhanced_status(result.reply) if failed else None
 
 
 def record(engine: Engine, results: Sequence[Result]) -> int:
@@ -160,6 +176,7 @@ def record(engine: Engine, results: Sequence[Result]) -> int:
     if not results:
         return 0
     now = utcnow()
+    stored = [_stored(r) for r in results]
     if engine.dialect.name == "postgresql":
         columns = {
             "now": stored_utc(now),
@@ -167,8 +184,9 @@ def record(engine: Engine, results: Sequence[Result]) -> int:
             "fences": [r.claim.fence for r in results],
             "statuses": [r.status.value for r in results],
             "codes": [r.code for r in results],
-            "replies": [r.reply[:500] if r.reply else None for r in results],
+            "replies": [reply for reply, _ in stored],
             "nexts": [stored_utc(r.retry_at) for r in results],
+            "enhanced": [status for _, status in stored],
         }
         with engine.begin() as conn:
             return int(conn.execute(_RECORD_ARRAYS, columns).rowcount)
@@ -182,6 +200,7 @@ def record(engine: Engine, results: Sequence[Result]) -> int:
             attempts=Delivery.attempts + 1,
             last_code=bindparam("b_code"),
             last_reply=bindparam("b_reply"),
+            last_enhanced_status=bindparam("b_enhanced"),
             sent_at=bindparam("b_sent_at", type_=UTCDateTime()),
             next_attempt_at=bindparam("b_next", type_=UTCDateTime()),
             lease_owner=None,
@@ -194,11 +213,12 @@ def record(engine: Engine, results: Sequence[Result]) -> int:
             "b_fence": r.claim.fence,
             "b_status": r.status.value,
             "b_code": r.code,
-            "b_reply": r.reply[:500] if r.reply else None,
+            "b_reply": reply,
+            "b_enhanced": status,
             "b_sent_at": now if r.status is DeliveryStatus.sent else None,
             "b_next": r.retry_at or now,
         }
-        for r in results
+        for r, (reply, status) in zip(results, stored, strict=True)
     ]
     with for_writing(engine).begin() as conn:
         result = conn.execute(statement, params)

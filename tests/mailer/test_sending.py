@@ -395,6 +395,24 @@ def test_a_refusal_of_the_mailbox_suppresses_but_a_content_refusal_does_not(
     assert (issue.hard_bounces, issue.blocks) == (1, 1)  # the spam block counts as a block
 
 
+def test_a_refusal_is_stored_with_its_status_and_without_the_address_it_quotes(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 2)
+    refused = people[0].email
+    smtp_server.refuse(refused, f"550 5.1.1 <{refused}>: Recipient address rejected")
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    stored = {d.subscriber_id: d for d in deliveries(engine, issue_id)}
+    failed, sent = stored[people[0].id], stored[people[1].id]
+    assert failed.last_reply == "5.1.1 <address>: Recipient address rejected"
+    assert (failed.last_code, failed.last_enhanced_status) == (550, "5.1.1")
+    assert sent.last_reply is not None
+    assert people[1].email not in sent.last_reply
+    assert sent.last_enhanced_status is None
+
+
 def test_the_links_of_a_sent_message_carry_only_its_delivery_token_and_work(
     app: FastAPI, engine: Engine, smtp_server: SMTPSink
 ) -> None:
