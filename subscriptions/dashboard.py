@@ -1,5 +1,8 @@
 """Aggregates for the staff dashboard and issue reports: counts only, never a person.
 
+An issue's failures are grouped by their reply code and RFC 3463 status, never by the
+relay's text: a text names whom it refused, and a group of one is a person.
+
 Days are UTC calendar days. "Unsubscribes caused" by an issue are the withdrawals from its
 magazine by people it was delivered to, between its start and the start of the magazine's
 next issue (the last-touch attribution mail services use); a withdrawal reaches the ledger
@@ -15,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, literal_column
 from sqlmodel import Session, col, select
 
-from mailer import queue
+from mailer import bounces, queue
 from mailer.clock import utcnow
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from subscriptions.charts import Chart, Series, bar_chart, line_chart
@@ -175,13 +178,24 @@ def feedback_rates(session: Session, lines: list[IssueLine]) -> Chart:
 
 
 @dataclass(frozen=True, slots=True)
+class Failures:
+    """The failed deliveries of an issue that share a reply code and enhanced status."""
+
+    code: int | None  # None: it was sent, then bounced
+    status: str | None
+    meaning: str  # RFC 3463's words for the status
+    verdict: str  # what it did to the readers: hard, soft or block (mailer.bounces)
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     line: IssueLine
     hard_bounces: int
     blocks: int
     complaints: int
     unsubscribes: int
-    last_replies: list[tuple[int | None, str, int]]  # (code, reply, how many) of failures
+    failures: list[Failures]  # the most common first
 
 
 def report(session: Session, issue: Issue, magazine: Magazine) -> Report:
@@ -208,10 +222,10 @@ def report(session: Session, issue: Issue, magazine: Magazine) -> Report:
         if next_start is not None:
             query = query.where(col(ConsentEvent.occurred_at) < next_start)
         unsubscribes = int(session.exec(query).one())
-    failures = session.exec(
-        select(Delivery.last_code, Delivery.last_reply, func.count())
+    groups = session.exec(
+        select(Delivery.last_code, Delivery.last_enhanced_status, func.count())
         .where(Delivery.issue_id == issue.id, Delivery.status == DeliveryStatus.failed)
-        .group_by(col(Delivery.last_code), col(Delivery.last_reply))
+        .group_by(col(Delivery.last_code), col(Delivery.last_enhanced_status))
         .order_by(literal_column("3").desc())
         .limit(20)
     ).all()
@@ -221,8 +235,13 @@ def report(session: Session, issue: Issue, magazine: Magazine) -> Report:
         blocks=issue.blocks,
         complaints=issue.complaints,
         unsubscribes=unsubscribes,
-        last_replies=[(code, reply or "", int(n)) for code, reply, n in failures],
+        failures=[_failures(code, status, int(n)) for code, status, n in groups],
     )
+
+
+def _failures(code: int | None, status: str | None, count: int) -> Failures:
+    found = bounces.verdict(status, code)
+    return Failures(code, status, bounces.meaning(status), found.value if found else "", count)
 
 
 def today() -> date:

@@ -25,6 +25,7 @@ from mailer.brake import COUNTED, BrakePolicy, count_feedback
 from mailer.clock import utcnow
 from mailer.feedback import Feedback, FeedbackKind
 from mailer.models import Delivery, DeliveryStatus, Issue
+from mailer.redact import redact
 from mailer.transactions import for_writing
 from subscriptions.consent import Evidence
 from subscriptions.lifecycle import Lifecycle
@@ -160,7 +161,9 @@ class StoreFeedback:
         """A message that was sent but bounced for good did not arrive: the delivery failed."""
         if delivery.status is DeliveryStatus.sent:
             delivery.status = DeliveryStatus.failed
-            delivery.last_reply = f"bounced: {feedback.detail}"[:500]
+            delivery.last_code = None  # the 2xx of sending no longer describes it
+            delivery.last_reply = redact(f"bounced: {feedback.detail}")[:500]
+            delivery.last_enhanced_status = feedback.status
             session.add(delivery)
 
     def _soft_bounce(self, session: Session, subscriber: Subscriber, feedback: Feedback) -> str:

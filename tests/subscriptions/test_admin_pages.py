@@ -3,6 +3,7 @@ and its export (itself audited), the subscriber search (an audited read)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from mailer.sending import start_issue
 from subscriptions import dashboard
 from subscriptions.consent import Evidence
 from subscriptions.db import for_writing
@@ -27,7 +29,8 @@ from subscriptions.models import (
 from subscriptions.notice import Notice, record_notice
 from subscriptions.runtime import Runtime
 from subscriptions.transfers import record_transfer
-from tests.mailer.test_sending import seed
+from tests.mailer.test_sending import drain, seed, worker_for
+from tests.support.smtp import SMTPSink
 from tests.support.staff import add_staff, login
 
 
@@ -222,3 +225,36 @@ def test_a_search_holding_a_nul_character_is_refused_not_a_server_error(
         if engine.dialect.name == "postgresql":
             assert answer.status_code == 422
             assert "NUL" in answer.text
+
+
+def test_the_report_groups_failures_by_code_and_status_and_shows_no_one(
+    client: TestClient, app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 4)
+    for person in people[:2]:
+        smtp_server.refuse(person.email, f"550 5.1.1 <{person.email}>: User unknown")
+    smtp_server.refuse(people[2].email, f"554 5.7.1 <{people[2].email}> rejected as spam")
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    asyncio.run(drain(worker_for(app, engine, smtp_server)))
+    email, seed_ = add_staff(engine, StaffRole.marketer, runtime.secret_box())
+    login(client, email, seed_)
+    page = client.get(f"/admin/issues/{issue_id}/report")
+    assert page.status_code == 200
+    assert "@example.org" not in page.text
+    assert "User unknown" not in page.text
+    rows = re.findall(
+        r"<tr><td>(\d+)</td><td>([\d.]+)</td><td>([^<]+)</td><td>([^<]+)</td>"
+        r'<td class="num">(\d+)</td></tr>',
+        page.text,
+    )
+    assert rows == [
+        ("550", "5.1.1", "permanent: bad destination mailbox address", "suppressed", "2"),
+        (
+            "554",
+            "5.7.1",
+            "permanent: delivery not authorized, message refused",
+            "kept (a block)",
+            "1",
+        ),
+    ]
