@@ -2,24 +2,34 @@
 
 ``configure`` installs one handler on the root logger (uvicorn's loggers propagate to it).
 Each line carries ``ts``, ``level``, ``logger``, ``message`` and any ``extra`` fields a call
-adds (ids, counts, states). Unless ``MAILMAG_LOG_PERSONAL_DATA`` is set for debugging, every
-line is cleaned before it is written: e-mail addresses become ``<address>``, the tokens in
-link paths (``/u/...``, ``/preferences/...``, ``/confirm/...``, ``/erase/...``) become
-``<token>``, and the client address of an access-log line is left out. ``MAILMAG_LOG_FORMAT=
-text`` gives plain lines for a terminal, cleaned the same way.
+adds (ids, counts, states). Unless ``MAILMAG_LOG_PERSONAL_DATA`` is set for debugging, no
+address, token or client address is logged, by two means:
+
+- every record is cleaned as it is made (a log record factory): its message and its string
+  arguments lose their addresses and tokens (``mailer.redact``: the tokens in link paths,
+  ``/u/``, ``/preferences/``, ``/confirm/``, ``/erase/``, ``/verify/``, ``/disclosure/``, and
+  the delivery tokens of return paths and Message-IDs), so no handler, ours or one an
+  operator adds, ever sees them;
+- every line is cleaned again as it is written, with what only formatting brings in: an
+  exception's text and traceback (a database error quotes the values it refused), the
+  ``extra`` fields; the client address of an access-log line is left out.
+
+A verification or disclosure link in the log would let a reader of the log download the
+person's data bundle: that is why this is done at the root, for every logger.
+``MAILMAG_LOG_FORMAT=text`` gives plain lines for a terminal, cleaned the same way.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
-ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+", re.UNICODE)
-LINK_TOKEN = re.compile(r"(/(?:u|preferences|confirm|erase|processor/v1/[\w-]+)/)[^/\s?\"']+")
+from mailer.redact import redact
+
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {
     "message",
     "asctime",
@@ -30,8 +40,47 @@ QUIET = {"mail.log": logging.WARNING}  # aiosmtpd logs every peer address at INF
 
 
 def clean(text: str) -> str:
-    """The text with addresses and link tokens replaced."""
-    return LINK_TOKEN.sub(r"\1<token>", ADDRESS.sub("<address>", text))
+    """The text with addresses and tokens replaced."""
+    return redact(text)
+
+
+def _cleaned(value: object) -> object:
+    """An argument of a record without addresses or tokens. An object (a URL, an address
+    object) is replaced by its cleaned text only when its text held any."""
+    if isinstance(value, str):
+        return redact(value)
+    if value is None or isinstance(value, int | float | bytes):
+        return value
+    text = str(value)
+    cleaned = redact(text)
+    return value if cleaned == text else cleaned
+
+
+class CleanRecords:
+    """A log record factory that makes every record without addresses or tokens: it wraps
+    the factory in place when installed, and is installed once."""
+
+    def __init__(self, made: Callable[..., logging.LogRecord]) -> None:
+        self.made = made
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.made(*args, **kwargs)
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(_cleaned(arg) for arg in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {key: _cleaned(arg) for key, arg in record.args.items()}
+        return record
+
+
+def clean_every_record(on: bool) -> None:
+    """Install (or remove) ``CleanRecords`` as the process's log record factory."""
+    factory = logging.getLogRecordFactory()
+    if on and not isinstance(factory, CleanRecords):
+        logging.setLogRecordFactory(CleanRecords(factory))
+    elif not on and isinstance(factory, CleanRecords):
+        logging.setLogRecordFactory(factory.made)
 
 
 class JSONFormatter(logging.Formatter):
@@ -71,9 +120,17 @@ class CleanTextFormatter(logging.Formatter):
         return line if self.personal_data else clean(line)
 
 
-def configure(*, fmt: str = "json", level: str = "INFO", personal_data: bool = False) -> None:
-    """Send every log record, mailmag's and uvicorn's, through one cleaned handler."""
-    handler = logging.StreamHandler(sys.stderr)
+def configure(
+    *,
+    fmt: str = "json",
+    level: str = "INFO",
+    personal_data: bool = False,
+    stream: TextIO | None = None,
+) -> None:
+    """Send every log record, mailmag's and uvicorn's, through one cleaned handler (on
+    ``stream``, standard error by default)."""
+    clean_every_record(not personal_data)
+    handler = logging.StreamHandler(stream or sys.stderr)
     formatter: logging.Formatter = (
         JSONFormatter(personal_data=personal_data)
         if fmt == "json"

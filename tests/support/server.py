@@ -19,12 +19,20 @@ from subscriptions import edge
 
 
 @contextmanager
-def serving(app: FastAPI, port: int | None = None) -> Iterator[str]:
-    """Serve ``app`` on 127.0.0.1 until the block ends; yields the base URL."""
+def serving(app: FastAPI, port: int | None = None, *, access_log: bool = False) -> Iterator[str]:
+    """Serve ``app`` on 127.0.0.1 until the block ends; yields the base URL. With
+    ``access_log``, uvicorn logs every request through the root logger, as ``mailmag serve``
+    has it (no logging config of its own)."""
     port = port or free_port()
     options = edge.uvicorn_options()  # as `mailmag serve` runs it
     config = uvicorn.Config(
-        app, host=LOOPBACK, port=port, log_level="warning", lifespan="on", **options
+        app,
+        host=LOOPBACK,
+        port=port,
+        log_level="info" if access_log else "warning",
+        log_config=None if access_log else uvicorn.config.LOGGING_CONFIG,
+        lifespan="on",
+        **options,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
