@@ -8,7 +8,6 @@ kept in a temporary file while the export streams), written in the same transact
 
 from __future__ import annotations
 
-import csv
 import json
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -16,7 +15,7 @@ from typing import TextIO
 
 from sqlmodel import Session, col, select
 
-from subscriptions import audit
+from subscriptions import audit, csvfiles
 from subscriptions.audit import Actor
 from subscriptions.errors import InvalidInput
 from subscriptions.models import Magazine, Subscriber, Subscription, SubscriptionStatus
@@ -110,7 +109,7 @@ class _Writer:
         self.out = out
         self.fmt = fmt
         self.count = 0
-        self.csv = csv.DictWriter(out, fieldnames=list(fields)) if fmt == "csv" else None
+        self.csv = csvfiles.DictWriter(out, fields) if fmt == "csv" else None
         if self.csv is not None:
             self.csv.writeheader()
         else:

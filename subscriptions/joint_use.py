@@ -10,7 +10,6 @@ transfer record and, per person, a transfer subject row.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from collections import Counter
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, col, select
 
-from subscriptions import consent
+from subscriptions import consent, csvfiles
 from subscriptions.errors import TransferRefused
 from subscriptions.models import (
     ConsentAction,
@@ -47,7 +46,7 @@ class JointUseExport:
 
     def as_csv(self) -> str:
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(self.fields))
+        writer = csvfiles.DictWriter(buffer, self.fields)
         writer.writeheader()
         writer.writerows(self.rows)
         return buffer.getvalue()

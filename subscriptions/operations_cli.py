@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import getpass
 import io
 import json
@@ -24,7 +23,7 @@ from sqlmodel import Session, col, select
 
 from mailer.clock import utcnow
 from mailer.private_files import open_private, write_private
-from subscriptions import audit, backup, incidents
+from subscriptions import audit, backup, csvfiles, incidents
 from subscriptions.addresses import normalise_address
 from subscriptions.audit import Actor
 from subscriptions.cli_support import (
@@ -239,7 +238,7 @@ def import_command(
         return
     if errors is not None:
         table = io.StringIO(newline="")
-        writer = csv.writer(table)
+        writer = csvfiles.writer(table)
         writer.writerow(["line", "reason"])
         writer.writerows(report.problems)
         write_private(errors, table.getvalue())

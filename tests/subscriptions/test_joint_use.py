@@ -112,7 +112,7 @@ def test_a_company_at_home_gets_everyone_who_agreed_to_joint_use(
         "ben@example.org",
         "dan@example.org",
     ]
-    assert all(r["phone"] == CANARY_PHONE for r in rows)  # phone is shared in Japan
+    assert all(r["phone"] == f"'{CANARY_PHONE}" for r in rows)  # shared in Japan; as text
 
 
 @pytest.mark.parametrize(
