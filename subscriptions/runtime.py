@@ -365,4 +365,5 @@ def build_runtime(settings: Settings, engine: Engine) -> Runtime:
             dkim_signer(settings),
         ),
         delivery_tokens=delivery_tokens,
+        login_guard=LoginGuard.for_secret(secret),
     )

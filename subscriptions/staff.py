@@ -60,18 +60,55 @@ TOTP_ISSUER = "mailmag"
 
 
 MAX_CODE_TRIES = 5
+DEVICE_COOKIE = "mm_device"
+DEVICE_DAYS = 180
 
 
 @dataclass
 class LoginGuard:
-    """Failed-login limits of one process: per address, per client, wrong codes per
-    half-way session (which then ends)."""
+    """Login limits of one process, each over 15 minutes, so that nobody can lock a staff
+    member out by failing to log in as them:
 
-    by_address: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(10, 900)))
+    - ``by_address_client``: 10 attempts at one address from one client;
+    - ``by_client``: 30 attempts from one client, whatever the addresses;
+    - ``by_address``: 50 attempts at one address from clients it never logged in from, which
+      slows guessing spread over many clients without shutting the owner out: a client that
+      completed a login to the account (password, and TOTP where it has one) carries a
+      device cookie for it (``DEVICE_COOKIE``, a keyed digest of the address, for
+      ``DEVICE_DAYS``), and is held back only by its own attempts (``by_address_client``);
+    - ``wrong_codes``: wrong TOTP codes per half-way session, which then ends.
+
+    A device cookie lets nobody in: it only spares its client the limits that strangers'
+    attempts fill. The owner on a new device during an attack on their address waits the
+    15 minutes out, or logs in from a device they used before.
+    """
+
+    device_key: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    by_address_client: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(10, 900)))
     by_client: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(30, 900)))
+    by_address: SlidingWindow = field(default_factory=lambda: SlidingWindow(Limit(50, 900)))
     wrong_codes: SlidingWindow = field(
         default_factory=lambda: SlidingWindow(Limit(MAX_CODE_TRIES, 900))
     )
+
+    @classmethod
+    def for_secret(cls, app_secret: bytes) -> LoginGuard:
+        """The guard whose device cookies every process of this deployment reads alike."""
+        return cls(device_key=hmac.new(app_secret, b"mailmag/staff-device/v1", "sha256").digest())
+
+    def device_cookie(self, address: str) -> str:
+        """The device cookie of a client that logged in to the account at ``address``."""
+        normalised = normalise_staff_email(address)
+        return hmac.new(self.device_key, normalised.encode(), "sha256").hexdigest()
+
+    def refusal(self, address: str, client: str, device: str) -> float | None:
+        """Count one login attempt at ``address`` from ``client`` (with the ``device``
+        cookie it sent, or ""): None when it may go ahead, else seconds to wait."""
+        held = [self.by_address_client.check(f"{address}\n{client}")]
+        if not hmac.compare_digest(device.encode(), self.device_cookie(address).encode()):
+            held += [self.by_client.check(client), self.by_address.check(address)]
+        waits = [wait for wait in held if wait is not None]
+        return max(waits) if waits else None
 
 
 def normalise_staff_email(email: str) -> str:

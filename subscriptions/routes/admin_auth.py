@@ -61,6 +61,20 @@ def _set_session_cookie(runtime: Runtime, response: Response, token: str) -> Non
     )
 
 
+def _trust_device(runtime: Runtime, response: Response, address: str) -> None:
+    """Mark the client as one the account logged in from (``LoginGuard``): sent only to the
+    login form, so it travels nowhere else."""
+    response.set_cookie(
+        accounts.DEVICE_COOKIE,
+        runtime.login_guard.device_cookie(address),
+        max_age=accounts.DEVICE_DAYS * 86400,
+        httponly=True,
+        samesite="strict",
+        secure=runtime.settings.secure_cookies,
+        path="/admin/login",
+    )
+
+
 def _login_form(
     request: Request, runtime: Runtime, target: str, error: str = "", code: int = 200
 ) -> Response:
@@ -106,10 +120,12 @@ def login(
     if not expected or not hmac.compare_digest(expected.encode(), csrf.encode()):
         return _login_form(request, runtime, target, "The form expired; please try again.", 403)
     address = accounts.normalise_staff_email(email)
-    guard = runtime.login_guard
-    held = guard.by_address.check(address), guard.by_client.check(source_of(request))
-    if held != (None, None):
-        return _login_form(request, runtime, target, "Too many attempts; wait 15 minutes.", 429)
+    device = request.cookies.get(accounts.DEVICE_COOKIE, "")
+    wait = runtime.login_guard.refusal(address, source_of(request), device)
+    if wait is not None:
+        refused = _login_form(request, runtime, target, "Too many attempts; wait 15 minutes.", 429)
+        refused.headers["Retry-After"] = str(max(1, int(wait)))
+        return refused
     with Session(for_writing(runtime.engine), expire_on_commit=False) as session:
         user = accounts.authenticate(session, address, password)
         if user is None:
@@ -140,6 +156,8 @@ def login(
     response = RedirectResponse(where, status_code=303)
     _set_session_cookie(runtime, response, token)
     response.delete_cookie(LOGIN_COOKIE, path="/admin")
+    if complete:
+        _trust_device(runtime, response, address)
     return response
 
 
@@ -160,6 +178,7 @@ def _elevate(
     session.commit()
     response = RedirectResponse(target, status_code=303)
     _set_session_cookie(runtime, response, token)
+    _trust_device(runtime, response, staff.user.email)
     return response
 
 

@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from subscriptions.models import AuditEvent, StaffRole, StaffUser
 from subscriptions.runtime import Runtime
 from subscriptions.settings import Settings
-from subscriptions.staff import SESSION_COOKIE
+from subscriptions.staff import DEVICE_COOKIE, SESSION_COOKIE
 from tests.support.pages import hidden_fields
 from tests.support.staff import PASSWORD, add_staff, csrf_of, fresh_code, login
 
@@ -61,6 +61,7 @@ def test_a_marketer_with_totp_logs_in_with_password_and_code(
 
     where = start_login(client, email)
     assert where.startswith("/admin/login/totp")
+    assert client.cookies.get(DEVICE_COOKIE) is None  # the password alone proves no device
     # half-way: no page but the code page opens
     assert client.get("/admin", follow_redirects=False).status_code == 303
     page = client.get(where)
@@ -72,6 +73,8 @@ def test_a_marketer_with_totp_logs_in_with_password_and_code(
     ok = client.post("/admin/login/totp", data={**fields, "code": code}, follow_redirects=False)
     assert ok.status_code == 303
     assert ok.headers["location"] == "/admin"
+    device = next(c for c in ok.headers.get_list("set-cookie") if c.startswith(DEVICE_COOKIE + "="))
+    assert all(part in device for part in ("HttpOnly", "SameSite=strict", "Path=/admin/login"))
     assert client.get("/admin").status_code == 200
 
     # the same code cannot log in a second time (a replayed code)
@@ -205,18 +208,62 @@ def test_the_session_cookie_is_httponly_samesite_and_secure_over_https(
     assert ("Secure" in cookie) is https
 
 
-def test_repeated_wrong_passwords_are_held_back(client: TestClient, engine: Engine) -> None:
+def attempt(client: TestClient, email: str, password: str = "wrong password!") -> int:
+    fields = hidden_fields(client.get("/admin/login").text)
+    return client.post(
+        "/admin/login",
+        data={"email": email, "password": password, **fields},
+        follow_redirects=False,
+    ).status_code
+
+
+def test_repeated_wrong_passwords_from_one_client_are_held_back(
+    client: TestClient, engine: Engine
+) -> None:
     email, _seed = add_staff(engine, StaffRole.viewer, email="target@staff.example")
-    codes = []
-    for _ in range(12):
-        fields = hidden_fields(client.get("/admin/login").text)
-        codes.append(
-            client.post(
-                "/admin/login", data={"email": email, "password": "wrong password!", **fields}
-            ).status_code
-        )
+    codes = [attempt(client, email) for _ in range(12)]
     assert codes[:10] == [401] * 10
     assert codes[10:] == [429, 429]
+    held = client.post("/admin/login", data={"email": email, "password": "x", "csrf": "x"})
+    assert held.status_code in (403, 429)
+
+
+def test_a_stranger_cannot_lock_the_owner_out_from_another_client(
+    app: FastAPI, engine: Engine
+) -> None:
+    email, _seed = add_staff(engine, StaffRole.viewer, email="target@staff.example")
+    with TestClient(app, client=("198.51.100.9", 4444)) as stranger:
+        codes = [attempt(stranger, email) for _ in range(12)]
+    assert codes[10:] == [429, 429]  # the stranger is held back at that address
+    with TestClient(app, client=("192.0.2.10", 5555)) as owner:
+        assert attempt(owner, email, PASSWORD) == 303  # the owner is not
+
+
+def test_one_client_trying_many_addresses_is_held_back(app: FastAPI, engine: Engine) -> None:
+    owner_email, _seed = add_staff(engine, StaffRole.viewer, email="owner@staff.example")
+    with TestClient(app, client=("198.51.100.9", 4444)) as sprayer:
+        codes = [attempt(sprayer, f"guess{n}@staff.example") for n in range(32)]
+        assert codes[:30] == [401] * 30
+        assert codes[30:] == [429, 429]
+        assert attempt(sprayer, owner_email, PASSWORD) == 429  # even with the right password
+    with TestClient(app, client=("192.0.2.10", 5555)) as owner:
+        assert attempt(owner, owner_email, PASSWORD) == 303
+
+
+def test_guessing_one_address_from_many_clients_spares_the_owners_own_client(
+    app: FastAPI, engine: Engine
+) -> None:
+    email, _seed = add_staff(engine, StaffRole.viewer, email="target@staff.example")
+    owner = TestClient(app, client=("192.0.2.10", 5555))
+    assert attempt(owner, email, PASSWORD) == 303  # once: the client is now the owner's
+    assert owner.cookies.get(DEVICE_COOKIE) is not None
+    owner.cookies.delete(SESSION_COOKIE)
+    # a botnet: one try from each of 49 clients; with the owner's, 50 from strangers
+    bots = [attempt(TestClient(app, client=(f"203.0.113.{n}", 4000 + n)), email) for n in range(49)]
+    assert bots == [401] * 49
+    stranger = TestClient(app, client=("198.51.100.77", 4444))
+    assert attempt(stranger, email, PASSWORD) == 429  # strangers wait now
+    assert attempt(owner, email, PASSWORD) == 303  # the owner's own client does not
 
 
 def test_roles_and_deactivation_are_changed_by_admins_and_audited(
