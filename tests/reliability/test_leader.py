@@ -59,7 +59,8 @@ def _kill_the_leaders_lock(engine: Engine) -> int:
         ended = conn.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
-                " AND classid = :high AND objid = :low AND granted"
+                " AND classid = :high AND objid = :low AND granted AND database ="
+                " (SELECT oid FROM pg_database WHERE datname = current_database())"
             ),
             {"high": ADVISORY_KEY >> 32, "low": ADVISORY_KEY & 0xFFFFFFFF},
         ).all()
