@@ -27,7 +27,8 @@ throttle or their message are given up), the transactions already under way (at 
 together) end and their outcomes are kept, and nothing more is claimed. The outcomes are
 stored again, with growing pauses, until the store takes them, so nobody who was mailed is
 mailed again or recorded as anything but sent; then the batch's unsent deliveries are given
-back to the queue.
+back to the queue. A worker asked to stop (SIGTERM) stops its batch the same way: it waits
+only for the transactions under way, not for a throttled rate, and leaves nothing ``sending``.
 
 A message that cannot be composed fails that delivery alone, with a reason that holds no
 personal data; a template refused while sending also pauses its issue, with the reason for
@@ -46,7 +47,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -163,6 +164,7 @@ class _Batch:
         self._store_task: asyncio.Task[None] | None = None
         self._store_timer: asyncio.TimerHandle | None = None
         self._waiters: list[asyncio.Future[None]] = []
+        self._halt_signal: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._slots: dict[int, asyncio.Semaphore] = {}
 
     # --- the fence and the bound -----------------------------------------------------------
@@ -201,18 +203,38 @@ class _Batch:
             near_end, self.near_end = self.near_end, None
             near_end()
 
-    def halt(self, reason: str) -> None:
+    def halt(self, reason: str, *, fault: bool = True) -> None:
+        """Begin no more transactions; ``fault`` false when the worker was asked to stop."""
         if self.halted is not None:
             return
         self.halted = reason
-        log.error(
+        log.log(
+            logging.ERROR if fault else logging.INFO,
             "delivery batch stopped sending: %s; %d outcomes wait to be stored",
             reason,
             len(self.pending) + len(self.storing),
         )
         for hook in self.on_halt:
             hook()
+        self._halt_signal.set_result(None)
         self._wake()
+
+    async def unless_halted(self, waiting: Coroutine[object, object, None]) -> bool:
+        """Await ``waiting`` (the throttle) unless the batch halts first; whether it may still
+        send. A delivery must not wait out a throttled rate to learn that it is not to leave."""
+        if self.halted is not None:
+            waiting.close()
+            return False
+        task = asyncio.ensure_future(waiting)
+        try:
+            await asyncio.wait((task, self._halt_signal), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done():
+                task.cancel()
+        if not task.done():
+            return False
+        task.result()
+        return self.halted is None
 
     async def _changed(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
@@ -511,6 +533,8 @@ class DeliveryWorker:
             return None
         batch = _Batch(self, claims, began + self._lease_seconds * (1 - LEASE_MARGIN))
         self._held.append(batch)
+        if self._stopping:  # asked to stop while claiming: it goes back unsent
+            batch.halt("the worker was asked to stop", fault=False)
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
         return batch
@@ -692,7 +716,8 @@ class DeliveryWorker:
         recipient: Recipient,
     ) -> Result | None:
         """One delivery's outcome; None when it was not sent and is to be given back."""
-        await self.throttle.wait()
+        if self.throttle.per_second and not await batch.unless_halted(self.throttle.wait()):
+            return None
         if not batch.may_send(claim):
             return None
         # Cheap checks in the loop; the database only when the cached answer is too old.
@@ -823,7 +848,14 @@ class DeliveryWorker:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def stop(self) -> None:
+        """Stop soon: no transaction begins any more, those under way end and their outcomes
+        are stored, the deliveries not sent go back to the queue; safe from any thread."""
         self._stopping = True
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._stopped.set)
+            self._loop.call_soon_threadsafe(self._stop_sending)
         self.nudge()
+
+    def _stop_sending(self) -> None:
+        self._stopped.set()
+        for batch in self._held:
+            batch.halt("the worker was asked to stop", fault=False)

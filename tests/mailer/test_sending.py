@@ -38,7 +38,7 @@ from subscriptions.models import (
     Suppression,
     SuppressionReason,
 )
-from subscriptions.runtime import Runtime
+from subscriptions.runtime import STOP_GRACE_SECONDS, Runtime
 from tests.support.smtp import SMTPSink
 
 HTML = "<h1>Hello {{ subscriber.name }}</h1><p>This week's news.</p>"
@@ -537,3 +537,27 @@ async def one_batch(worker: DeliveryWorker, done: threading.Event | None = None)
     await worker.close()
     if done is not None:
         done.set()  # lets a stalled renewal's thread end with the loop
+
+
+def test_a_worker_asked_to_stop_sends_nothing_more_and_gives_the_rest_back(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 120)
+    runtime_of(app).start_issue(issue_id)
+    # 50 at once (the throttle's burst), then 2 a second: the rest of the batch would take
+    # half a minute, longer than `mailmag serve` waits for its worker before cancelling it.
+    worker = worker_for(app, engine, smtp_server, batch=120, per_second=2.0)
+
+    async def scenario() -> None:
+        running = asyncio.create_task(worker.run())
+        while len(smtp_server.received) < 52:
+            await asyncio.sleep(0.01)
+        worker.stop()  # SIGTERM
+        await asyncio.wait_for(running, STOP_GRACE_SECONDS)
+
+    asyncio.run(scenario())
+    stored = Counter(d.status for d in deliveries(engine, issue_id))
+    assert len(smtp_server.received) < len(people)
+    assert stored[DeliveryStatus.sent] == len(smtp_server.received)  # each one recorded
+    assert stored[DeliveryStatus.sending] == 0  # nothing waits for its lease to run out
+    assert stored[DeliveryStatus.queued] == len(people) - len(smtp_server.received)
