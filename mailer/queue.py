@@ -164,11 +164,14 @@ _RECORD_ARRAYS = text("""
 
 
 def _stored(result: Result) -> tuple[str | None, str | None]:
-    """The reply as stored (addresses and tokens removed) and its enhanced status."""
+    """The reply as stored (addresses and tokens removed, a NUL replaced as an undecodable
+    byte is) and its enhanced status. A relay's reply is text from outside, and PostgreSQL
+    stores no NUL: one such reply made every store of a batch's outcomes fail."""
     if not result.reply:
         return None, None
     failed = result.status is not DeliveryStatus.sent
-    return redact(result.reply)[:500], enhanced_status(result.reply) if failed else None
+    reply = redact(result.reply).replace("\x00", "\ufffd")[:500]
+    return reply, enhanced_status(result.reply) if failed else None
 
 
 def record(engine: Engine, results: Sequence[Result]) -> int:

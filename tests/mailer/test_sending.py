@@ -561,3 +561,27 @@ def test_a_worker_asked_to_stop_sends_nothing_more_and_gives_the_rest_back(
     assert stored[DeliveryStatus.sent] == len(smtp_server.received)  # each one recorded
     assert stored[DeliveryStatus.sending] == 0  # nothing waits for its lease to run out
     assert stored[DeliveryStatus.queued] == len(people) - len(smtp_server.received)
+
+
+def test_a_relay_reply_holding_a_nul_is_stored_and_stops_nothing(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    issue_id, people = seed(app, engine, 6)
+    # PostgreSQL text holds no NUL: one such reply made every store of the batch fail, and
+    # the worker held its outcomes, retrying, for ever.
+    smtp_server.refuse(people[1].email, "550 5.1.1 No such\x00user")
+    runtime_of(app).start_issue(issue_id)
+    worker = worker_for(app, engine, smtp_server)
+
+    async def scenario() -> None:
+        await asyncio.wait_for(drain(worker), 30)
+
+    asyncio.run(scenario())
+    by_person = {d.subscriber_id: d for d in deliveries(engine, issue_id)}
+    refused = by_person[people[1].id]
+    assert worker.halted is None
+    assert refused.status is DeliveryStatus.failed
+    assert refused.last_reply is not None
+    assert "No such" in refused.last_reply
+    assert "\x00" not in refused.last_reply
+    assert [d.status for d in by_person.values()].count(DeliveryStatus.sent) == 5
