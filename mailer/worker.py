@@ -619,11 +619,12 @@ class DeliveryWorker:
         if batch is None:
             return 0
         batch.near_end = near_end
+        by_issue: dict[int, list[Claim]] = {}
+        for claim in batch.claims:
+            by_issue.setdefault(claim.issue_id, []).append(claim)
+        checked: set[int] = set()  # issues asked "is it sent?" after their outcomes were stored
         try:
             await asyncio.to_thread(self._read_feed, True)
-            by_issue: dict[int, list[Claim]] = {}
-            for claim in batch.claims:
-                by_issue.setdefault(claim.issue_id, []).append(claim)
             for issue_id, issue_claims in by_issue.items():
                 if batch.halted is not None:
                     break
@@ -631,12 +632,18 @@ class DeliveryWorker:
                 if await batch.drain():
                     await self._report(batch)
                     await self._finish_or_remember(issue_id)
+                    checked.add(issue_id)
         except Exception as exc:
             log.exception("delivery batch failed")
             batch.halt(f"the batch failed ({describe(exc)})")
         await batch.settle()
         await self._report(batch)
         await self._give_back(batch)
+        if not batch.pending:
+            # Outcomes stored only after a halt may be an issue's last: nothing is left of it
+            # for a worker to claim, so this is the one chance to mark it sent.
+            for issue_id in sorted(by_issue.keys() - checked):
+                await self._finish_or_remember(issue_id)
         self._let_go(batch)
         self.halted = batch.halted
         return len(batch.claims)

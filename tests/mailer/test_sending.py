@@ -585,3 +585,27 @@ def test_a_relay_reply_holding_a_nul_is_stored_and_stops_nothing(
     assert "No such" in refused.last_reply
     assert "\x00" not in refused.last_reply
     assert [d.status for d in by_person.values()].count(DeliveryStatus.sent) == 5
+
+
+def test_an_issue_whose_last_outcomes_are_stored_after_a_failure_is_marked_sent(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issue_id, people = seed(app, engine, 6)
+    runtime_of(app).start_issue(issue_id)
+    original = queue.record
+    refused: list[int] = []
+
+    def refused_once(engine: Engine, results: list[Result]) -> int:
+        if not refused:  # the batch's one store: its outcomes are held and stored again
+            refused.append(len(results))
+            raise RuntimeError("database or disk is full")
+        return original(engine, results)
+
+    monkeypatch.setattr(queue, "record", refused_once)
+    worker = worker_for(app, engine, smtp_server, store_retry=0.05)
+    asyncio.run(drain(worker))
+    assert refused == [len(people)]
+    assert worker.halted is not None
+    assert all(d.status is DeliveryStatus.sent for d in deliveries(engine, issue_id))
+    # Nothing is left for any worker to claim, so nothing else would ever mark it sent.
+    assert status_of(engine, issue_id) is IssueStatus.sent
