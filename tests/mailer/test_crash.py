@@ -101,6 +101,6 @@ def test_a_killed_worker_loses_no_recipient(
         f"{len(received)} distinct, {duplicates} duplicates"
     )
     assert set(received) == {p.email for p in people}
-    # At most flush_every outcomes are held unrecorded, and one transaction per connection
-    # may be in flight: nothing beyond that may be sent twice.
+    # Unrecorded outcomes and transactions under way together stay within flush_every plus
+    # one per connection: nothing beyond that may be sent twice.
     assert duplicates <= WorkerConfig().unrecorded_bound
