@@ -196,8 +196,10 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
     router = APIRouter(prefix="/api/v1/issues", tags=["issues"], dependencies=[Depends(authorize)])
     engine = services.engine
 
-    def load(session: Session, issue_id: RowId) -> Issue:
-        issue = session.get(Issue, issue_id)
+    def load(session: Session, issue_id: RowId, *, lock: bool = False) -> Issue:
+        # A change locks the row it checks: else a pause that read "sending" could overwrite
+        # the "sent" a worker committed meanwhile, or a save land on an issue going out.
+        issue = session.get(Issue, issue_id, with_for_update=lock)
         if issue is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such issue")
         return issue
@@ -211,7 +213,7 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
 
     def transition(issue_id: RowId, move: Callable[[Session, Issue], None]) -> IssuePublic:
         with Session(for_writing(engine), expire_on_commit=False) as session:
-            issue = load(session, issue_id)
+            issue = load(session, issue_id, lock=True)
             try:
                 move(session, issue)
             except InvalidTransition as exc:
@@ -244,9 +246,11 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
     def update_issue(issue_id: RowId, data: IssueUpdate) -> IssuePublic:
         """Change a draft (a scheduled issue goes back to draft first)."""
         with Session(for_writing(engine), expire_on_commit=False) as session:
-            issue = load(session, issue_id)
-            if issue.status is not IssueStatus.draft:
-                raise HTTPException(status.HTTP_409_CONFLICT, "only a draft can be changed")
+            issue = load(session, issue_id, lock=True)
+            try:
+                issues.require(issue, issues.Action.save)
+            except InvalidTransition as exc:
+                raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
             for key, value in data.model_dump(exclude_unset=True).items():
                 setattr(issue, key, value)
             fields = checked(issue)
@@ -284,6 +288,10 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
             issue = load(session, issue_id)
         marked = Issue.model_validate(issue.model_dump())
         marked.subject = f"[TEST] {issue.subject}"  # past the stored field's 300 characters
+        try:
+            issues.require(issue, issues.Action.test_send)
+        except InvalidTransition as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
         try:
             prepared, _audience = services.preparer.prepare(marked)
         except MailerError as exc:
@@ -367,7 +375,12 @@ def marketing_router(authorize: Callable[..., Any], services: MarketingServices)
     def send_now(issue_id: RowId, background: BackgroundTasks) -> IssuePublic:
         """Start sending at once. Answers when the first recipients are queued (and being
         sent); the rest are queued after the answer ("queuing" is true until then)."""
+        with Session(engine) as session:
+            issue = load(session, issue_id)
         try:
+            # start_issue also resumes an expansion under way (the scheduler's retry): staff
+            # may only start an issue that has not started.
+            issues.require(issue, issues.Action.send_now)
             start_issue(engine, services.audience, services.preparer, issue_id, complete=False)
         except InvalidTransition as exc:
             raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None

@@ -35,7 +35,7 @@ FIRST_CHUNK = 1_000  # small: the first message leaves a moment after "send now"
 # Large enough that a chunk's own cost is small beside its rows, small enough that the issue
 # row (and SQLite's write lock) is held for a fraction of a second at a time.
 CHUNK = 20_000
-STARTABLE = (IssueStatus.draft, IssueStatus.scheduled)
+STARTABLE = tuple(issues.STAFF_ACTIONS[issues.Action.send_now].sources)
 EXPANDING = (IssueStatus.sending, IssueStatus.paused)
 
 _busy_lock = threading.Lock()

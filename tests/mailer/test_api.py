@@ -191,7 +191,12 @@ def test_transitions_that_make_no_sense_are_refused(
     magazine_id = weekly_with_readers(app, engine, 0)
     issue = create(client, marketer, magazine_id).json()
     assert client.post(f"/api/v1/issues/{issue['id']}/pause", headers=marketer).status_code == 409
-    assert client.post(f"/api/v1/issues/{issue['id']}/cancel", headers=marketer).status_code == 200
+    # a draft has sent nothing, so it is not cancelled; an issue that went out is final
+    assert client.post(f"/api/v1/issues/{issue['id']}/cancel", headers=marketer).status_code == 409
+    assert (
+        client.post(f"/api/v1/issues/{issue['id']}/send-now", headers=marketer).status_code == 200
+    )
+    wait_for_status(client, marketer, issue["id"], "sent")
     assert client.post(f"/api/v1/issues/{issue['id']}/resume", headers=marketer).status_code == 409
     changed = client.patch(
         f"/api/v1/issues/{issue['id']}", json={"subject": "New"}, headers=marketer
