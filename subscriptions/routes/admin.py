@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, st
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from sqlmodel import Session, col, select
 
+from mailer import issues
 from mailer.columns import RowId
 from mailer.models import Issue, IssueStatus
 from subscriptions import audit, dashboard
@@ -26,7 +27,10 @@ from subscriptions.routes.admin_common import actor_of, render, secure
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 STATIC = TEMPLATES_DIR / "admin" / "static"
-STATIC_FILES = {"admin.js": "text/javascript; charset=utf-8"}
+STATIC_FILES = {
+    "admin.js": "text/javascript; charset=utf-8",
+    "admin.css": "text/css; charset=utf-8",
+}
 
 
 @router.get("/static/{name}")
@@ -75,8 +79,9 @@ def progress(
             "total": line.total,
             "counts": line.counts,
             "rate": line.rate,
+            "issue": _state(issue),
         }
-        for line in lines
+        for issue, line in zip(found, lines, strict=True)
     }
     response = JSONResponse(body)
     response.headers["Cache-Control"] = "no-store"
@@ -88,6 +93,17 @@ def issues_page(request: Request, runtime: RuntimeDep, staff: CurrentContext) ->
     with Session(runtime.engine) as session:
         lines = dashboard.recent_issues(session, limit=200)
     return render(request, "admin/issues.html", {"lines": lines}, staff=staff)
+
+
+def _state(issue: Issue) -> dict[str, object]:
+    """What the issue editor shows and offers follows from (the fields of ``IssuePublic``
+    that the marketing API's answers carry too)."""
+    return {
+        "status": issue.status.value,
+        "queuing": issue.expansion_cursor is not None,
+        "pause_reason": issue.pause_reason,
+        "scheduled_at": issue.scheduled_at.isoformat() if issue.scheduled_at else None,
+    }
 
 
 def _editor(
@@ -111,7 +127,9 @@ def _editor(
             "line": line,
             "magazines": magazines,
             "routes": routes,
-            "editable": issue is None or issue.status is IssueStatus.draft,
+            # One table decides what is offered in each status, the one the API enforces.
+            "actions": issues.actions_by_status(),
+            "state": _state(issue) if issue else {"status": IssueStatus.draft.value},
         },
         staff=staff,
     )
