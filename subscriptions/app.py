@@ -76,6 +76,7 @@ def create_app(
             yield
         finally:
             await runtime.stop_loops()
+            await asyncio.to_thread(runtime.commits.close)  # its connection back, at once
             runtime.stop_services()
             runtime.readiness.unwatch()
 

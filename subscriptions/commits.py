@@ -99,6 +99,7 @@ class GroupCommit:
         self._turn = threading.Condition()
         self._waiting: list[_Job[Any]] = []
         self._writer: threading.Thread | None = None  # set while a writer takes jobs
+        self._closing = False
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a write transaction; return once that transaction is committed."""
@@ -134,13 +135,31 @@ class GroupCommit:
             else:
                 self._turn.notify()
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Let the writer finish what waits and give its connection back now, instead of
+        lingering with it (the app calls this as it stops: a connection held by a thread
+        past the engine's end is never closed). A later job starts a new writer."""
+        with self._turn:
+            writer = self._writer
+            self._closing = True
+            self._turn.notify()
+        if writer is not None:
+            writer.join(timeout)
+        with self._turn:
+            self._closing = False
+
     def _write(self) -> None:
         conn: Connection | None = None  # kept from batch to batch while the writer lives
         try:
             while True:
                 with self._turn:
                     idle = not self._waiting
-                    if idle and not self._turn.wait_for(lambda: self._waiting, LINGER):
+                    if idle and not self._turn.wait_for(
+                        lambda: self._waiting or self._closing, LINGER
+                    ):
+                        self._writer = None
+                        return
+                    if not self._waiting:  # closing, with nothing left to write
                         self._writer = None
                         return
                     batch = self._waiting[: self.max_batch]

@@ -12,8 +12,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import QueuePool
 
 from subscriptions.commits import GroupCommit
+from subscriptions.db import make_engine
 
 ADD = text(
     "INSERT INTO magazine (title, description, purpose, active, slug, created_at) "
@@ -306,3 +308,21 @@ def test_a_writer_that_sat_idle_takes_a_checked_connection(engine: Engine) -> No
             break
     assert commits.run(add("after")) == "after"
     assert slugs(engine) == {"after"}
+
+
+def test_closing_gives_the_writers_connection_back_at_once(engine: Engine) -> None:
+    """The writer keeps its connection while batches follow each other; an app that stops
+    gets it back at once, so no connection outlives the engine in a lingering thread."""
+    own = make_engine(engine.url.render_as_string(hide_password=False))  # a pool of its own
+    commits = GroupCommit(own)
+    try:
+        pool = own.pool
+        assert isinstance(pool, QueuePool)
+        commits.run(lambda conn: conn.execute(text("SELECT 1")))
+        assert pool.checkedout() == 1  # lingering with it, waiting for more work
+        commits.close()
+        assert pool.checkedout() == 0
+        assert commits.run(lambda conn: conn.execute(text("SELECT 2")).scalar()) == 2  # anew
+        commits.close()
+    finally:
+        own.dispose()
