@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import socket
@@ -133,6 +134,15 @@ def _lost_to_another(count: int) -> None:
             "worker after the lease ran out, or stored already)",
             count,
         )
+
+
+class _Go(enum.Enum):
+    """The answer "it may leave" of the checks before a transaction (beside an outcome)."""
+
+    go = "go"
+
+
+_GO = _Go.go
 
 
 @dataclass
@@ -538,7 +548,18 @@ class DeliveryWorker:
             batch.halt("the worker was asked to stop", fault=False)
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.get_running_loop().create_task(self._renew_leases())
+            self._heartbeat.add_done_callback(self._heartbeat_ended)
         return batch
+
+    def _heartbeat_ended(self, task: asyncio.Task[None]) -> None:
+        """A heartbeat that died of something unforeseen says so, and what it held stops
+        sending at once (its leases would run out unrenewed)."""
+        exc = None if task.cancelled() else task.exception()
+        if exc is None:
+            return
+        log.error("the lease heartbeat failed (%s); its batches stop sending", describe(exc))
+        for batch in list(self._held):
+            batch.halt(f"the lease heartbeat failed ({describe(exc)})")
 
     @property
     def _lease_seconds(self) -> float:
@@ -728,18 +749,10 @@ class DeliveryWorker:
             return None
         if not batch.may_send(claim):
             return None
-        # Cheap checks in the loop; the database only when the cached answer is too old.
-        if self._stale(claim.issue_id):
-            await asyncio.to_thread(self._issue, claim.issue_id)
+        stopped = await self._stopped_before_sending(claim, recipient)
+        if stopped is not _GO:
+            return stopped
         state = self._issues[claim.issue_id]
-        if state.issue.status is IssueStatus.cancelled:
-            return Result(claim, DeliveryStatus.skipped, reply="issue cancelled")
-        if state.issue.status is not IssueStatus.sending:
-            return None
-        if self.clock() - self._feed_at >= self.config.feed_ttl:
-            await asyncio.to_thread(self._read_feed)
-        if (recipient.subscriber_id, state.audience.magazine_id) in self._withdrawn:
-            return Result(claim, DeliveryStatus.skipped, reply="unsubscribed before sending")
         processor = claim.processor
         transport = self.routes.get(processor) if processor else self.transport
         if transport is None:  # a processor without a transport: keep the mail, say why
@@ -756,7 +769,12 @@ class DeliveryWorker:
             transparent=True,
         )
         async with batch.slot(transport):
-            if state.issue.status is not IssueStatus.sending or not await batch.admit(claim):
+            # The wait for a connection may have been long: ask again, right before the
+            # transaction, whether the issue still sends and the person still wants it.
+            stopped = await self._stopped_before_sending(claim, recipient)
+            if stopped is not _GO:
+                return stopped
+            if not await batch.admit(claim):
                 return None
             try:
                 sent = await transport.send(envelope)
@@ -770,6 +788,26 @@ class DeliveryWorker:
         if sent.outcome is Outcome.unavailable:  # the relay's failure, not the recipient's:
             return None  # given back with the batch's unsent claims, no attempt counted
         return self._deferred(claim, state.issue.started_at, sent.code, sent.reply)
+
+    async def _stopped_before_sending(
+        self, claim: Claim, recipient: Recipient
+    ) -> Result | _Go | None:
+        """``_GO`` if the delivery may leave now; else its outcome (skipped: the issue was
+        cancelled, or the person withdrew), or None when it goes back to the queue (the issue
+        was paused). Cheap checks in the loop; the database only when the cached answer is
+        older than ``status_ttl`` (the issue) or ``feed_ttl`` (withdrawals)."""
+        if self._stale(claim.issue_id):
+            await asyncio.to_thread(self._issue, claim.issue_id)
+        state = self._issues[claim.issue_id]
+        if state.issue.status is IssueStatus.cancelled:
+            return Result(claim, DeliveryStatus.skipped, reply="issue cancelled")
+        if state.issue.status is not IssueStatus.sending:
+            return None
+        if self.clock() - self._feed_at >= self.config.feed_ttl:
+            await asyncio.to_thread(self._read_feed)
+        if (recipient.subscriber_id, state.audience.magazine_id) in self._withdrawn:
+            return Result(claim, DeliveryStatus.skipped, reply="unsubscribed before sending")
+        return _GO
 
     def _deferred(
         self, claim: Claim, started: datetime | None, code: int | None, reply: str

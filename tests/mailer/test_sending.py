@@ -4,6 +4,7 @@ real SMTP server, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -609,3 +610,75 @@ def test_an_issue_whose_last_outcomes_are_stored_after_a_failure_is_marked_sent(
     assert all(d.status is DeliveryStatus.sent for d in deliveries(engine, issue_id))
     # Nothing is left for any worker to claim, so nothing else would ever mark it sent.
     assert status_of(engine, issue_id) is IssueStatus.sent
+
+
+def test_cancel_stops_a_batch_waiting_for_the_relay_within_about_a_second(
+    app: FastAPI, engine: Engine, smtp_server: SMTPSink
+) -> None:
+    """Every delivery of a batch may already wait for the relay's one connection when staff
+    cancel: each looks at the issue again right before its transaction (the cached status
+    is at most ``status_ttl`` old), not only when it began."""
+    import threading
+
+    issue_id, people = seed(app, engine, 30)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    smtp_server.delay = 0.25  # one connection: four messages a second
+    transport = SMTPTransport(SMTPRelay(host=smtp_server.host, port=smtp_server.port, pool_size=1))
+    worker = DeliveryWorker(
+        engine,
+        runtime.audience,
+        runtime.preparer,
+        transport,
+        runtime.delivery_tokens,
+        WorkerConfig(batch=30, connections=1),
+    )
+    at_cancel: list[int] = []
+
+    def cancel_soon() -> None:
+        smtp_server.wait_for(3)
+        transition(engine, issue_id, issues.cancel)
+        at_cancel.append(len(smtp_server.received))
+
+    canceller = threading.Thread(target=cancel_soon)
+    canceller.start()
+    asyncio.run(drain(worker))
+    canceller.join()
+    # After the cancel: the transaction under way, and those begun before the cached status
+    # was a second old (four a second), at most.
+    assert len(smtp_server.received) - at_cancel[0] <= 1 + 4
+    statuses = {d.status for d in deliveries(engine, issue_id)}
+    assert statuses <= {DeliveryStatus.sent, DeliveryStatus.skipped}
+    assert len(people) == 30
+
+
+def test_a_heartbeat_that_dies_stops_its_batches_and_says_so(
+    app: FastAPI,
+    engine: Engine,
+    smtp_server: SMTPSink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Without a heartbeat the leases would run out unrenewed while the batch sends on."""
+
+    async def broken(_self: DeliveryWorker) -> None:
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr(DeliveryWorker, "_renew_leases", broken)
+    issue_id, _people = seed(app, engine, 20)
+    runtime = runtime_of(app)
+    start_issue(engine, runtime.audience, runtime.preparer, issue_id)
+    smtp_server.delay = 0.05
+    worker = worker_for(app, engine, smtp_server, batch=20, connections=1)
+
+    async def one_batch() -> None:
+        await worker.run_once()
+        await worker.close()
+
+    with caplog.at_level(logging.ERROR, logger="mailer.worker"):
+        asyncio.run(one_batch())
+    assert "the lease heartbeat failed (RuntimeError: something unforeseen)" in caplog.text
+    assert worker.halted is not None
+    assert len(smtp_server.received) < 20  # it stopped sending
+    queued = [d for d in deliveries(engine, issue_id) if d.status is DeliveryStatus.queued]
+    assert len(queued) == 20 - len(smtp_server.received)  # the rest went back at once
