@@ -28,7 +28,7 @@ from mailer.bounces import enhanced_status
 from mailer.clock import utcnow
 from mailer.columns import UTCDateTime, stored_utc
 from mailer.models import Delivery, DeliveryStatus, Issue
-from mailer.redact import redact
+from mailer.redact import storable
 from mailer.transactions import for_writing
 
 # Due rows of one sending issue, one state at a time: each is an equality seek on the claim
@@ -164,13 +164,11 @@ _RECORD_ARRAYS = text("""
 
 
 def _stored(result: Result) -> tuple[str | None, str | None]:
-    """The reply as stored (addresses and tokens removed, a NUL replaced as an undecodable
-    byte is) and its enhanced status. A relay's reply is text from outside, and PostgreSQL
-    stores no NUL: one such reply made every store of a batch's outcomes fail."""
+    """The reply as stored (``redact.storable``) and its enhanced status."""
     if not result.reply:
         return None, None
     failed = result.status is not DeliveryStatus.sent
-    reply = redact(result.reply).replace("\x00", "\ufffd")[:500]
+    reply = storable(result.reply)
     return reply, enhanced_status(result.reply) if failed else None
 
 

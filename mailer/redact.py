@@ -13,7 +13,10 @@ import re
 
 from mailer.verp import TOKEN_LENGTH
 
-_MAILBOX = r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+"
+# A local part as atoms, or quoted (the Japanese carrier addresses mailmag accepts, such as
+# "taro..yamada."@docomo.ne.jp, are stored and sent quoted).
+_LOCAL = r"""(?:"(?:[^"\\\r\n]|\\.){1,64}"|[\w.!#$%&'*+/=?^`{|}~-]+)"""
+_MAILBOX = rf"{_LOCAL}@[\w-]+(?:\.[\w-]+)+"
 ADDRESS = re.compile(rf"<{_MAILBOX}>|{_MAILBOX}", re.UNICODE)  # with its brackets, if any
 # The token in a link's path: /u/<token>, /preferences/<token>, /verify/<token>...
 LINK_TOKEN = re.compile(
@@ -33,3 +36,10 @@ def redact(text: str) -> str:
     if "/" in text:
         text = LINK_TOKEN.sub(r"\1<token>", text)
     return DELIVERY_TOKEN.sub("<token>", text) if len(text) >= TOKEN_LENGTH else text
+
+
+def storable(text: str, limit: int = 500) -> str:
+    """Outside text (a relay's reply, a bounce's detail) as it may be stored: redacted, a NUL
+    replaced as an undecodable byte is (PostgreSQL stores no NUL, and one such reply made
+    every store of a batch fail), at most ``limit`` characters."""
+    return redact(text).replace("\x00", "\ufffd")[:limit]

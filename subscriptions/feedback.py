@@ -25,7 +25,7 @@ from mailer.brake import COUNTED, BrakePolicy, count_feedback
 from mailer.clock import utcnow
 from mailer.feedback import Feedback, FeedbackKind
 from mailer.models import Delivery, DeliveryStatus, Issue
-from mailer.redact import redact
+from mailer.redact import storable
 from mailer.transactions import for_writing
 from subscriptions.consent import Evidence
 from subscriptions.lifecycle import Lifecycle
@@ -162,7 +162,7 @@ class StoreFeedback:
         if delivery.status is DeliveryStatus.sent:
             delivery.status = DeliveryStatus.failed
             delivery.last_code = None  # the 2xx of sending no longer describes it
-            delivery.last_reply = redact(f"bounced: {feedback.detail}")[:500]
+            delivery.last_reply = storable(f"bounced: {feedback.detail}")
             delivery.last_enhanced_status = feedback.status
             session.add(delivery)
 

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from mailer.clock import utcnow
 from mailer.columns import UTCDateTime
+from mailer.redact import storable
 from mailer.signing import DKIMSigner
 from mailer.transport import Envelope, Outcome, Transport
 from subscriptions.db import for_writing, table_of
@@ -133,7 +134,8 @@ class OutboxSender:
     def _record(self, mail_id: int, outcome: Outcome, reply: str) -> None:
         """The relay's answer, in one statement on a row still queued (a row another process
         already recorded is left alone): sent; failed on a permanent refusal or the last
-        attempt; otherwise due again after a backoff that grows with its attempts."""
+        attempt; otherwise due again after a backoff that grows with its attempts. The reply is
+        stored without the addresses and tokens it may quote (``redact.storable``)."""
         now = utcnow()
         with for_writing(self.engine).begin() as conn:
             if outcome is Outcome.sent:
@@ -146,7 +148,7 @@ class OutboxSender:
             failed = outcome is Outcome.failed or attempts >= MAX_ATTEMPTS
             conn.execute(
                 _FAILED if failed else _DEFERRED,
-                {"mail": mail_id, "next": now + _backoff(attempts), "reply": reply[:500]},
+                {"mail": mail_id, "next": now + _backoff(attempts), "reply": storable(reply)},
             )
 
     def _release(self, mails: list[Claimed]) -> None:

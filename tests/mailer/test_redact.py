@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailer.redact import redact
+from mailer.redact import redact, storable
 from mailer.verp import DeliveryTokens
 
 
@@ -19,6 +19,14 @@ def test_addresses_and_tokens_are_replaced_and_the_rest_is_kept() -> None:
         "/verify/a.b.c and /disclosure/x.y.z": "/verify/<token> and /disclosure/<token>",
         "552 5.2.2 quota exceeded for 山田@例え.jp": "552 5.2.2 quota exceeded for <address>",
         "2.0.0 Ok: queued as 4Kx9Lm1ZqPz": "2.0.0 Ok: queued as 4Kx9Lm1ZqPz",
+        # The legacy carrier addresses mailmag accepts are sent quoted, and quoted back.
+        '550 5.1.1 <"taro..yamada."@docomo.ne.jp>: unknown': "550 5.1.1 <address>: unknown",
+        "550 5.1.1 taro..yamada.@docomo.ne.jp unknown": "550 5.1.1 <address> unknown",
     }
     for text, expected in cases.items():
         assert redact(text) == expected
+
+
+def test_stored_text_holds_no_nul_and_no_more_than_its_limit() -> None:
+    assert storable("451 a\x00b <bob@example.org>") == "451 a\ufffdb <address>"
+    assert len(storable("x" * 900)) == 500

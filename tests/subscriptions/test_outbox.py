@@ -69,7 +69,7 @@ def test_a_temporary_failure_is_retried_later_and_a_permanent_one_gives_up(engin
     def answer(envelope: Envelope) -> SendResult:
         if envelope.recipient == "p0@example.org":
             return SendResult(Outcome.deferred, 451, "try later")
-        return SendResult(Outcome.failed, 550, "no such user")
+        return SendResult(Outcome.failed, 550, f"5.1.1 <{envelope.recipient}>: no such user")
 
     sender = OutboxSender(engine, MemoryTransport(answer=answer), "bounce@example.com")
     assert asyncio.run(sender.deliver_due()) == 2
@@ -80,6 +80,7 @@ def test_a_temporary_failure_is_retried_later_and_a_permanent_one_gives_up(engin
     assert mails["p0@example.org"].attempts == 1
     assert mails["p0@example.org"].last_error == "try later"
     assert mails["p1@example.org"].status is SystemMailStatus.failed
+    assert mails["p1@example.org"].last_error == "5.1.1 <address>: no such user"  # no address
 
 
 def test_mail_waits_for_a_relay_that_is_away_without_counting_attempts(engine: Engine) -> None:
