@@ -168,17 +168,22 @@ _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 
 def redacted(message: str, values: Mapping[str, str]) -> str:
     """``message`` without the recipient's values: Python's and Jinja's messages quote the
-    data they fail on (``'dict object' has no attribute 'Ann'``, ``KeyError: 'Bob'``)."""
-    known = [value for value in values.values() if value]
+    data they fail on (``'dict object' has no attribute 'Ann'``, ``KeyError: 'Bob'``), and
+    the template may have changed it first (``int(subscriber.name|upper)`` quotes 'ANN'): a
+    quoted part goes when it and a value hold one another, whatever the case; a value of four
+    characters or more goes wherever it stands, whatever the case."""
+    known = [value.casefold() for value in values.values() if value]
 
     def scrub(match: re.Match[str]) -> str:
         quoted = match.group(1) if match.group(1) is not None else match.group(2)
-        return "'…'" if quoted and any(quoted in value for value in known) else match.group(0)
+        folded = (quoted or "").casefold()
+        mine = folded and any(folded in v or (len(v) >= 2 and v in folded) for v in known)
+        return "'…'" if mine else match.group(0)
 
     message = _QUOTED.sub(scrub, message)
     for value in known:
         if len(value) >= 4:
-            message = message.replace(value, "…")
+            message = re.sub(re.escape(value), "…", message, flags=re.IGNORECASE)
     return message
 
 

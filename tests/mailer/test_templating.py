@@ -224,6 +224,12 @@ def test_a_refusal_for_one_recipient_does_not_name_them() -> None:
     assert redacted("no https://x/u/secret-token here", {"u": "https://x/u/secret-token"}) == (
         "no … here"
     )
+    # What the template made of a value first: upper-cased, or inside a longer literal.
+    assert redacted("invalid literal for int(): 'HANAKO'", {"n": "Hanako"}) == (
+        "invalid literal for int(): '…'"
+    )
+    assert redacted("no attribute 'Dear Hanako-san'", {"n": "Hanako"}) == "no attribute '…'"
+    assert redacted("bad value YAMADA TARO here", {"n": "Yamada Taro"}) == "bad value … here"
 
 
 def test_template_code_runs_only_inside_a_render_budget() -> None:
